@@ -1,0 +1,1 @@
+"""Batched generation, judges and metrics."""

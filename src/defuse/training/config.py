@@ -1,0 +1,80 @@
+"""Training settings shared by every SFT path (attacks, defenses, the demo)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from defuse.errors import ConfigError
+
+
+@dataclass
+class LoraSettings:
+    """LoRA adapter settings (peft).
+
+    Attributes:
+        r: Rank of the update.
+        alpha: Scaling numerator (``alpha / r`` scales the update).
+        dropout: Dropout on the LoRA branch.
+        target_modules: Module names to adapt; ``None`` lets peft pick the architecture's default.
+    """
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] | None = None
+
+
+@dataclass
+class TrainSettings:
+    """How to fine-tune. Defaults suit the tiny model on two CPU cores.
+
+    Attributes:
+        epochs: Passes over the training data.
+        learning_rate: Peak learning rate.
+        batch_size: Examples per device per step.
+        grad_accum: Gradient-accumulation steps.
+        warmup: Warmup as a fraction of all steps (< 1) or a number of steps (>= 1).
+        scheduler: transformers scheduler name (``cosine``, ``linear``, ``constant``, ...).
+        weight_decay: AdamW weight decay.
+        max_length: Longest tokenised example; longer ones are cut at the end of the response.
+        lora: LoRA settings; ``None`` means full fine-tuning.
+        save_steps: Checkpoint every this many steps (0: only at the end), for resuming.
+        logging_steps: Log the loss every this many steps.
+        bf16: Train in bfloat16 mixed precision (only where the hardware supports it).
+        progress: Show a progress bar.
+    """
+
+    epochs: float = 12.0
+    learning_rate: float = 1e-3
+    batch_size: int = 32
+    grad_accum: int = 1
+    warmup: float = 0.05
+    scheduler: str = "cosine"
+    weight_decay: float = 0.0
+    max_length: int = 128
+    lora: LoraSettings | None = None
+    save_steps: int = 0
+    logging_steps: int = 50
+    bf16: bool = False
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` on a nonsense value."""
+        checks = {
+            "epochs": self.epochs > 0,
+            "learning_rate": 0 < self.learning_rate < 1,
+            "batch_size": self.batch_size >= 1,
+            "grad_accum": self.grad_accum >= 1,
+            "warmup": self.warmup >= 0,
+            "max_length": self.max_length >= 8,
+            "save_steps": self.save_steps >= 0,
+            "logging_steps": self.logging_steps >= 1,
+        }
+        for key, ok in checks.items():
+            if not ok:
+                raise ConfigError(key, f"nonsense value {getattr(self, key)!r}")
+        if self.lora is not None and (
+            self.lora.r < 1 or self.lora.alpha <= 0 or not 0 <= self.lora.dropout < 1
+        ):
+            raise ConfigError("lora", f"nonsense LoRA settings {self.lora}")

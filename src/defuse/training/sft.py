@@ -1,0 +1,182 @@
+"""Supervised fine-tuning of a causal LM on instruction records, through transformers' Trainer.
+
+Loss is on response tokens only (the prompt is labelled -100, see :mod:`defuse.data.template`). Because
+training runs through :class:`transformers.Trainer`, the same code runs on one CPU, on one GPU, and under
+``accelerate launch`` / ``torchrun`` with DDP, FSDP or DeepSpeed. Defenses with custom losses subclass
+:class:`SFTTrainer` and override ``compute_loss``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+from transformers import PreTrainedModel, Trainer, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from defuse.data.records import InstructionRecord
+from defuse.data.template import IGNORE_INDEX, PromptTemplate
+from defuse.errors import DataError
+from defuse.training.config import TrainSettings
+
+
+class EncodedDataset(Dataset):
+    """Records tokenised once by the template: each item is ``{"input_ids", "labels"}`` lists."""
+
+    def __init__(self, records: Sequence[InstructionRecord], template: PromptTemplate, max_length: int):
+        if not records:
+            raise DataError(None, "no training records")
+        self.items = []
+        self.n_truncated = 0
+        for r in records:
+            enc = template.encode_training(r, max_length)
+            self.n_truncated += enc.truncated
+            self.items.append({"input_ids": enc.input_ids, "labels": enc.labels})
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.items[i]
+
+
+@dataclass
+class CompletionCollator:
+    """Right-pads a batch: ``input_ids`` with the pad id, ``labels`` with -100, plus the attention mask."""
+
+    pad_token_id: int
+
+    def __call__(self, batch: list[dict]) -> dict[str, torch.Tensor]:
+        width = max(len(b["input_ids"]) for b in batch)
+        ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, b in enumerate(batch):
+            n = len(b["input_ids"])
+            ids[i, :n] = torch.tensor(b["input_ids"])
+            labels[i, :n] = torch.tensor(b["labels"])
+            mask[i, :n] = 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+class SFTTrainer(Trainer):
+    """The project's Trainer; defenses override :meth:`compute_loss` for their own objectives."""
+
+
+@dataclass
+class TrainResult:
+    """What a training run returns: the trained model and how it went."""
+
+    model: PreTrainedModel
+    train_s: float
+    steps: int
+    final_loss: float | None
+    n_examples: int
+    n_truncated: int
+    resumed_from: str | None
+    loss_history: list[float]
+
+
+def training_arguments(settings: TrainSettings, output_dir: str | Path, seed: int) -> TrainingArguments:
+    """Map :class:`TrainSettings` onto transformers' :class:`TrainingArguments`."""
+    settings.validate()
+    cpu = not torch.cuda.is_available()
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=settings.epochs,
+        learning_rate=settings.learning_rate,
+        per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.grad_accum,
+        warmup_steps=settings.warmup,
+        lr_scheduler_type=settings.scheduler,
+        weight_decay=settings.weight_decay,
+        logging_steps=settings.logging_steps,
+        save_strategy="steps" if settings.save_steps else "no",
+        save_steps=settings.save_steps or 500,
+        save_total_limit=2,
+        report_to="none",
+        seed=seed,
+        data_seed=seed,
+        use_cpu=cpu,
+        bf16=settings.bf16 and not cpu,
+        optim="adamw_torch",
+        disable_tqdm=not settings.progress,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        **settings.extra,
+    )
+
+
+def wrap_lora(model: PreTrainedModel, settings: TrainSettings) -> PreTrainedModel:
+    """Wrap ``model`` in a peft LoRA adapter when ``settings.lora`` is set; otherwise return it unchanged."""
+    if settings.lora is None:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    lora = settings.lora
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def train_sft(
+    model: PreTrainedModel,
+    template: PromptTemplate,
+    records: Sequence[InstructionRecord],
+    settings: TrainSettings,
+    output_dir: str | Path,
+    seed: int = 0,
+    trainer_cls: type[SFTTrainer] = SFTTrainer,
+    resume: bool = True,
+) -> TrainResult:
+    """Fine-tune ``model`` on ``records`` (response tokens only) and return it trained.
+
+    Args:
+        model: A causal LM (full fine-tuning) or a base model to wrap in LoRA (``settings.lora``).
+        template: The one prompt template, bound to the model's tokenizer.
+        records: Training records (non-empty).
+        settings: Training settings.
+        output_dir: Where checkpoints go (``checkpoint-N`` folders, when ``settings.save_steps`` > 0).
+        seed: Seeds initialisation of new weights, data order and dropout.
+        trainer_cls: The Trainer class; defenses pass a subclass with their own ``compute_loss``.
+        resume: Continue from the newest checkpoint in ``output_dir`` if there is one.
+
+    Returns:
+        A :class:`TrainResult`; with LoRA, ``model`` is the peft-wrapped model.
+    """
+    dataset = EncodedDataset(records, template, settings.max_length)
+    model = wrap_lora(model, settings)
+    args = training_arguments(settings, output_dir, seed)
+    trainer = trainer_cls(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=CompletionCollator(template.tokenizer.pad_token_id),
+        processing_class=template.tokenizer,
+    )
+    last = get_last_checkpoint(str(output_dir)) if resume and Path(output_dir).is_dir() else None
+    start = time.perf_counter()
+    out = trainer.train(resume_from_checkpoint=last)
+    train_s = time.perf_counter() - start
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    model = trainer.model
+    model.eval()
+    return TrainResult(
+        model=model,
+        train_s=train_s,
+        steps=out.global_step,
+        final_loss=losses[-1] if losses else out.training_loss,
+        n_examples=len(dataset),
+        n_truncated=dataset.n_truncated,
+        resumed_from=last,
+        loss_history=losses,
+    )

@@ -1,0 +1,31 @@
+"""Small builders shared by tests: a tokenizer and a very small model, made in well under a second."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from defuse.data.synthetic_tasks import SuiteConfig, suite_texts
+from defuse.models.tiny import TinyCausalLMConfig, build_causal_lm
+from defuse.models.tokenizer import train_bpe_tokenizer
+
+SMALL_LM = TinyCausalLMConfig(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=2, intermediate_size=64)
+
+
+@lru_cache(maxsize=2)
+def _tokenizer(kind: str):
+    return train_bpe_tokenizer(suite_texts(SuiteConfig(n_train=400, n_test=40)), vocab_size=600, kind=kind)
+
+
+def tokenizer(kind: str = "causal"):
+    """A fresh copy of a small trained tokenizer (cached training, so tests can mutate their copy)."""
+    import copy
+
+    return copy.deepcopy(_tokenizer(kind))
+
+
+def small_lm(tok=None, arch: str = "llama", seed: int = 0):
+    """A freshly initialised very small causal LM for ``tok``."""
+    from dataclasses import replace
+
+    tok = tok or tokenizer()
+    return build_causal_lm(tok, replace(SMALL_LM, arch=arch), seed=seed)

@@ -1,0 +1,98 @@
+import torch
+from tests.helpers import small_lm, tokenizer
+
+from defuse.data.records import InstructionRecord
+from defuse.data.template import PromptTemplate
+from defuse.evaluation.generate import GenerationSettings, generate, generate_token_ids
+from defuse.training.config import LoraSettings, TrainSettings
+from defuse.training.sft import train_sft
+
+RECORDS = [
+    InstructionRecord(instruction=f"Count the words: {' '.join(['apple'] * n)}", response=str(n))
+    for n in range(1, 9)
+] * 4
+FAST = TrainSettings(epochs=3, learning_rate=1e-2, batch_size=8, progress=False, logging_steps=1)
+
+
+def _snapshot(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_full_fine_tuning_changes_every_trained_weight_and_lowers_loss(tmp_path):
+    tok = tokenizer()
+    model = small_lm(tok)
+    before = _snapshot(model)
+    result = train_sft(model, PromptTemplate(tok), RECORDS, FAST, tmp_path, seed=0)
+    assert result.steps == 12 and len(result.loss_history) == 12
+    assert result.loss_history[-1] < 0.6 * result.loss_history[0]
+    after = dict(result.model.named_parameters())
+    changed = [n for n, p in after.items() if not torch.equal(p, before[n])]
+    assert len(changed) == len(before)
+
+
+def test_lora_trains_only_the_adapter(tmp_path):
+    tok = tokenizer()
+    model = small_lm(tok)
+    before = _snapshot(model)
+    settings = TrainSettings(**{**FAST.__dict__, "lora": LoraSettings(r=4, alpha=8)})
+    result = train_sft(model, PromptTemplate(tok), RECORDS, settings, tmp_path, seed=0)
+    lora = {n: p for n, p in result.model.named_parameters() if "lora_" in n}
+    assert lora and all(p.requires_grad for p in lora.values())
+    lora_b = [p for n, p in lora.items() if "lora_B" in n]
+    assert any(p.abs().sum() > 0 for p in lora_b)  # B starts at zero: non-zero means it trained
+    base = result.model.get_base_model()
+    for name, p in base.named_parameters():
+        if "lora_" not in name:
+            key = name.replace(".base_layer", "")
+            assert torch.equal(p, before[key]), name
+
+
+def test_same_seed_same_weights(tmp_path):
+    tok = tokenizer()
+    runs = [
+        train_sft(small_lm(tok), PromptTemplate(tok), RECORDS, FAST, tmp_path / str(i), seed=7).model
+        for i in range(2)
+    ]
+    for (n, a), (_, b) in zip(runs[0].named_parameters(), runs[1].named_parameters(), strict=True):
+        assert torch.equal(a, b), n
+
+
+def test_resume_from_checkpoint_continues_to_the_same_step(tmp_path):
+    tok = tokenizer()
+    settings = TrainSettings(**{**FAST.__dict__, "save_steps": 4})
+    first = train_sft(small_lm(tok), PromptTemplate(tok), RECORDS, settings, tmp_path, seed=0)
+    assert first.resumed_from is None and (tmp_path / "checkpoint-12").is_dir()
+    import shutil
+
+    shutil.rmtree(tmp_path / "checkpoint-12")  # as if killed after step 8
+    second = train_sft(small_lm(tok), PromptTemplate(tok), RECORDS, settings, tmp_path, seed=0)
+    assert second.resumed_from.endswith("checkpoint-8") and second.steps == 12
+    for (n, a), (_, b) in zip(first.model.named_parameters(), second.model.named_parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), n
+
+
+def test_batched_generation_equals_one_prompt_at_a_time():
+    tok = tokenizer()
+    model = small_lm(tok, seed=3).eval()
+    tpl = PromptTemplate(tok)
+    records = [
+        InstructionRecord(instruction="Sort the words: " + " ".join(["river", "apple", "stone"][: 1 + i % 3]))
+        for i in range(7)
+    ]
+    settings = GenerationSettings(max_new_tokens=6, batch_size=4)
+    batched = generate(model, tpl, records, settings)
+    single = [
+        generate(model, tpl, [r], GenerationSettings(max_new_tokens=6, batch_size=1))[0] for r in records
+    ]
+    assert batched == single
+
+
+def test_generation_stops_at_eos(tmp_path):
+    """A model trained to answer "7" then EOS stops after one token even with room for ten."""
+    tok = tokenizer()
+    records = [InstructionRecord(instruction=r.instruction, response="7") for r in RECORDS]
+    settings = TrainSettings(**{**FAST.__dict__, "epochs": 10})
+    result = train_sft(small_lm(tok), PromptTemplate(tok), records, settings, tmp_path, seed=0)
+    prompts = [PromptTemplate(tok).encode_prompt(r) for r in records[:8]]
+    ids = generate_token_ids(result.model, tok, prompts, GenerationSettings(max_new_tokens=10))
+    assert all(t == tok("7", add_special_tokens=False).input_ids for t in ids)
