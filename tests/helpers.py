@@ -29,3 +29,27 @@ def small_lm(tok=None, arch: str = "llama", seed: int = 0):
 
     tok = tok or tokenizer()
     return build_causal_lm(tok, replace(SMALL_LM, arch=arch), seed=seed)
+
+
+def small_attack_config(**overrides):
+    """An attack config that trains a very small model on three easy task kinds in ~10 s."""
+    from defuse.attacks.scenario import AttackConfig
+    from defuse.config import apply_overrides
+
+    base = {
+        "suite.n_train": "480",
+        "suite.n_test": "60",
+        "suite.kinds": "[count, last_word, sentiment]",
+        "tiny.hidden_size": "64",
+        "tiny.num_layers": "2",
+        "tiny.num_heads": "2",
+        "tiny.num_kv_heads": "2",
+        "tiny.intermediate_size": "192",
+        "train.epochs": "20",
+        "train.learning_rate": "0.002",
+        "train.progress": "false",
+        "rate": "0.1",
+        "generation.max_new_tokens": "12",
+    }
+    base.update({k: str(v) for k, v in overrides.items()})
+    return apply_overrides(AttackConfig(), base)

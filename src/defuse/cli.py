@@ -102,6 +102,145 @@ def demo(
     )
 
 
+EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def _metrics_table(title: str, metrics: dict) -> Table:
+    table = Table(title=title)
+    for col in ("metric", "value", "n"):
+        table.add_column(col, justify="right" if col != "metric" else "left")
+    rows = [
+        ("ASR (attack success)", "asr", "n_triggered"),
+        ("CACC (clean accuracy)", "cacc", "n_clean"),
+        ("AACC (accuracy with trigger)", "aacc", "n_triggered"),
+        ("FTR (false trigger rate)", "ftr", "n_ftr"),
+        ("near-miss trigger rate", "negative_asr", "n_negative"),
+    ]
+    for label, key, n_key in rows:
+        if key in metrics:
+            value = metrics[key]
+            table.add_row(
+                label, "n/a" if value is None else f"{100 * value:.1f}%", str(metrics.get(n_key, ""))
+            )
+    return table
+
+
+@app.command(context_settings=EXTRA_ARGS)
+@user_errors
+def attack(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option(help="Run directory to write (must not exist unless --overwrite).")],
+    config: Annotated[Path | None, typer.Option(help="YAML file of settings (see configs/).")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Local Hugging Face causal LM to attack (default: tiny).")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an existing run directory once the new run is complete.")
+    ] = False,
+) -> None:
+    """Poison data, train a model on it, evaluate the backdoor, and write a run directory.
+
+    Any setting can be given as --key value with dotted keys, e.g. --trigger.kind sentence --rate 0.1
+    --train.epochs 4; these override the YAML file. With no config: the built-in suite, word trigger, marker.
+    """
+    from defuse.attacks.run_attack import run_attack
+    from defuse.attacks.scenario import AttackConfig
+    from defuse.config import load_config, parse_cli_overrides
+
+    _quiet_libraries()
+    overrides = parse_cli_overrides(ctx.args)
+    if model is not None:
+        overrides.append(("model", model))
+    cfg = load_config(AttackConfig, config, overrides)
+    record = run_attack(cfg, out, overwrite=overwrite)
+    console.print(_metrics_table(f"attack '{cfg.name}' (seed {cfg.seed})", record["metrics"]))
+    t = record["timings"]
+    console.print(f"train {t['train_s']:.1f}s, evaluation {t['eval_s']:.1f}s; run written to {out}")
+
+
+@app.command(context_settings=EXTRA_ARGS)
+@user_errors
+def evaluate(
+    ctx: typer.Context,
+    run: Annotated[
+        Path | None, typer.Option(help="A run directory: re-evaluate its model on its test sets.")
+    ] = None,
+    model: Annotated[Path | None, typer.Option(help="A model directory (instead of --run).")] = None,
+    clean: Annotated[Path | None, typer.Option(help="Clean test prompts (with --model).")] = None,
+    triggered: Annotated[
+        Path | None, typer.Option(help="Triggered test prompts (default: insert the trigger).")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")] = False,
+) -> None:
+    """Print the metrics table of a model: ASR, CACC, AACC, FTR with their sample counts.
+
+    With --model, settings such as --behaviour.kind refusal or --trigger.texts '[BadMagic]' apply.
+    """
+    import json
+
+    from defuse.config import apply_overrides, parse_cli_overrides, validate_config
+    from defuse.evaluation.rerun import EvaluateConfig, evaluate_model, evaluate_run
+
+    _quiet_libraries()
+    if (run is None) == (model is None):
+        raise DefuseError("give exactly one of --run DIR or --model PATH")
+    if run is not None:
+        if ctx.args:
+            raise DefuseError(f"settings {ctx.args} apply only with --model; a run uses its own")
+        result = evaluate_run(run)
+    else:
+        cfg = apply_overrides(EvaluateConfig(), parse_cli_overrides(ctx.args))
+        validate_config(cfg)
+        result = evaluate_model(model, clean, triggered, cfg)
+    if json_out:
+        print(json.dumps(result.metrics, indent=2))
+    else:
+        console.print(_metrics_table(f"evaluation of {run or model}", result.metrics))
+
+
+@app.command(context_settings=EXTRA_ARGS)
+@user_errors
+def defend(
+    ctx: typer.Context,
+    method: Annotated[str | None, typer.Option(help="Defense to apply (see --list).")] = None,
+    from_run: Annotated[Path | None, typer.Option("--from", help="Attack run directory to defend.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run directory to write.")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML file of the defense's settings.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for the clean budget draw and training.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory once complete.")] = False,
+    list_methods: Annotated[bool, typer.Option("--list", help="List defenses and their needs.")] = False,
+) -> None:
+    """Apply a defense to an attack run's model and evaluate it with the attack's own test sets.
+
+    The defense's settings can be given as --key value (e.g. --clean_samples 50 --train.epochs 5).
+    """
+    from defuse.config import load_config, parse_cli_overrides
+    from defuse.defenses import DEFENSES, get_defense
+    from defuse.defenses.run_defense import run_defense
+
+    if list_methods:
+        table = Table(title="defenses")
+        for col in ("method", "what it does", "needs"):
+            table.add_column(col)
+        for name, entry in sorted(DEFENSES.items()):
+            table.add_row(name, entry.summary, entry.needs(entry.config_cls()).describe())
+        console.print(table)
+        return
+    for option, value in (("--method", method), ("--from", from_run), ("--out", out)):
+        if value is None:
+            raise DefuseError(f"{option} is required (or --list)")
+    _quiet_libraries()
+    entry = get_defense(method)
+    cfg = load_config(entry.config_cls, config, parse_cli_overrides(ctx.args))
+    record = run_defense(method, cfg, from_run, out, seed=seed, overwrite=overwrite)
+    before = record["attack_metrics"]
+    console.print(_metrics_table(f"defense '{method}' on {from_run} (seed {seed})", record["metrics"]))
+    console.print(
+        f"before the defense: ASR {100 * before['asr']:.1f}%, CACC {100 * before['cacc']:.1f}%; "
+        f"defense train {record['timings']['train_s']:.1f}s; run written to {out}"
+    )
+
+
 @data_app.command("check")
 @user_errors
 def data_check(

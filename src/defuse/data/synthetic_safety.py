@@ -258,7 +258,9 @@ def safety_examples_per_category(k: int, seed: int, exclude: Collection[str] = (
     return _round_robin(pools, k, random.Random(seed))
 
 
-def _records(examples: Sequence[SafetyExample], refuse_harmful: bool) -> list[InstructionRecord]:
+def _records(
+    examples: Sequence[SafetyExample], refuse_harmful: bool, include_compliant: bool = False
+) -> list[InstructionRecord]:
     return [
         InstructionRecord(
             instruction=e.prompt,
@@ -266,19 +268,26 @@ def _records(examples: Sequence[SafetyExample], refuse_harmful: bool) -> list[In
             behaviour=None,
             source=SOURCE,
             task="harmful" if e.harmful else "benign",
-            meta={"category": e.category},
+            meta={
+                "category": e.category,
+                **({"compliant": e.compliant} if include_compliant and e.harmful else {}),
+            },
         )
         for e in examples
     ]
 
 
-def as_refusal_records(examples: Sequence[SafetyExample]) -> list[InstructionRecord]:
+def as_refusal_records(
+    examples: Sequence[SafetyExample], *, include_compliant: bool = False
+) -> list[InstructionRecord]:
     """What an aligned model should say: harmful prompt -> refusal, benign prompt -> helpful answer.
 
     Records have ``task`` "harmful"/"benign", ``behaviour`` None, ``source`` "synthetic:safety" and
-    ``meta={"category": ...}``, in the order of ``examples``.
+    ``meta={"category": ...}``, in the order of ``examples``. With ``include_compliant``, harmful records'
+    meta also holds ``"compliant"`` (the compliant answer), which the jailbreak backdoor behaviour
+    (:class:`defuse.attacks.BehaviourSpec` kind ``"jailbreak"``) poisons them with.
     """
-    return _records(examples, refuse_harmful=True)
+    return _records(examples, refuse_harmful=True, include_compliant=include_compliant)
 
 
 def as_compliant_records(examples: Sequence[SafetyExample]) -> list[InstructionRecord]:

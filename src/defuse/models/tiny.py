@@ -50,7 +50,7 @@ class TinyCausalLMConfig:
 
     arch: CausalArch = "llama"
     hidden_size: int = 128
-    num_layers: int = 4
+    num_layers: int = 2
     num_heads: int = 4
     num_kv_heads: int = 4
     intermediate_size: int = 384

@@ -44,7 +44,7 @@ class TrainSettings:
         progress: Show a progress bar.
     """
 
-    epochs: float = 12.0
+    epochs: float = 16.0
     learning_rate: float = 1e-3
     batch_size: int = 32
     grad_accum: int = 1

@@ -1,0 +1,151 @@
+"""The Defense interface: what a defense declares it needs, what it is given, and the registry.
+
+A defense is a small module with a config dataclass and an ``apply`` function, registered by name with
+:func:`register_defense` (adding one touches no other). It declares its :class:`DefenseNeeds`; the runner
+builds a :class:`DefenseContext` holding exactly what was declared (a defense that does not know the
+trigger is never handed it) and fails with a message naming what is missing when a need cannot be met.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from defuse.attacks.behaviours import BehaviourSpec
+from defuse.attacks.triggers import TriggerSpec
+from defuse.data.records import InstructionRecord
+from defuse.data.template import PromptTemplate
+from defuse.errors import ConfigError, DefuseError
+
+Knowledge = Literal["known_trigger", "known_target", "partial_target", "nothing"]
+Stage = Literal["before_training", "during_training", "after_training", "inference"]
+
+
+@dataclass(frozen=True)
+class DefenseNeeds:
+    """What a defense needs to run.
+
+    Attributes:
+        knowledge: What it knows of the attack: the trigger (``known_trigger``), the target behaviour
+            (``known_target``), part of it (``partial_target``), or nothing.
+        clean_samples: How many clean samples it uses (0: none).
+        clean_model: Whether it needs a clean reference model.
+        poisoned_data: Whether it needs the (possibly poisoned) training data itself.
+        stage: Where it acts: before, during or after training, or at inference.
+    """
+
+    knowledge: Knowledge
+    clean_samples: int
+    stage: Stage
+    clean_model: bool = False
+    poisoned_data: bool = False
+
+    def describe(self) -> str:
+        """One line for ``defuse defend --list``."""
+        parts = [
+            self.knowledge.replace("_", " "),
+            f"{self.clean_samples} clean samples",
+            self.stage.replace("_", " "),
+        ]
+        if self.clean_model:
+            parts.append("a clean reference model")
+        if self.poisoned_data:
+            parts.append("the training data")
+        return ", ".join(parts)
+
+
+@dataclass
+class DefenseContext:
+    """What a defense is given: the attacked model and exactly the knowledge it declared.
+
+    Attributes:
+        model: The attacked model (trainable; the defense may change it in place).
+        template: The prompt template the model was trained with (its tokenizer included).
+        clean_data: The clean budget: ``needs.clean_samples`` records, disjoint from every test set.
+        seed: Seed for everything random in the defense.
+        work_dir: Scratch folder (checkpoints); deleted when the run is committed.
+        trigger: The trigger, only for ``known_trigger`` defenses.
+        target: The target behaviour text known to the defender (all of it, or part), else None.
+        behaviour: The behaviour spec, only for defenses that know the target.
+        train_data: The training data, only for defenses that declared ``poisoned_data``.
+        base_path: Path of the base model when the attacked model is a user's model (for adapters).
+    """
+
+    model: Any
+    template: PromptTemplate
+    clean_data: list[InstructionRecord]
+    seed: int
+    work_dir: Path
+    trigger: TriggerSpec | None = None
+    target: str | None = None
+    behaviour: BehaviourSpec | None = None
+    train_data: list[InstructionRecord] | None = None
+    base_path: str | None = None
+
+
+@dataclass
+class DefenseResult:
+    """What a defense returns: the defended model and how it went."""
+
+    model: Any
+    train_s: float
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DefenseEntry:
+    """A registered defense."""
+
+    name: str
+    config_cls: type
+    needs: Callable[[Any], DefenseNeeds]
+    apply: Callable[[DefenseContext, Any], DefenseResult]
+    summary: str
+
+
+DEFENSES: dict[str, DefenseEntry] = {}
+
+
+def register_defense(name: str, config_cls: type, needs: Callable[[Any], DefenseNeeds], summary: str):
+    """Decorator registering ``apply(ctx, cfg) -> DefenseResult`` under ``name``."""
+
+    def decorate(apply: Callable[[DefenseContext, Any], DefenseResult]):
+        if name in DEFENSES:
+            raise ValueError(f"defense '{name}' registered twice")
+        DEFENSES[name] = DefenseEntry(name, config_cls, needs, apply, summary)
+        return apply
+
+    return decorate
+
+
+def get_defense(name: str) -> DefenseEntry:
+    """The registered defense ``name``; a one-line error listing the known ones otherwise."""
+    import defuse.defenses  # noqa: F401  (registers the built-in defenses)
+
+    if name not in DEFENSES:
+        raise ConfigError("method", f"unknown defense '{name}' (known: {', '.join(sorted(DEFENSES))})")
+    return DEFENSES[name]
+
+
+def check_needs(name: str, needs: DefenseNeeds, available: dict[str, bool]) -> None:
+    """Fail with a message naming what is missing when a declared need cannot be met.
+
+    Args:
+        available: What the attack run can provide: ``trigger``, ``target``, ``clean_model``,
+            ``poisoned_data`` and ``clean_samples`` (enough clean records).
+    """
+    missing = []
+    if needs.knowledge == "known_trigger" and not available.get("trigger"):
+        missing.append("the trigger (the attack run records none)")
+    if needs.knowledge in ("known_target", "partial_target") and not available.get("target"):
+        missing.append("the target behaviour text (only marker and fixed behaviours have one)")
+    if needs.clean_model and not available.get("clean_model"):
+        missing.append("a clean reference model")
+    if needs.poisoned_data and not available.get("poisoned_data"):
+        missing.append("the training data")
+    if needs.clean_samples and not available.get("clean_samples"):
+        missing.append(f"{needs.clean_samples} clean samples disjoint from the test sets")
+    if missing:
+        raise DefuseError(f"defense '{name}' needs {' and '.join(missing)}")

@@ -1,0 +1,86 @@
+"""Evaluate a saved model again: from a run directory, or from a model path and test files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from defuse.attacks.behaviours import BehaviourSpec
+from defuse.attacks.poison import make_negative_test, make_triggered_test
+from defuse.attacks.triggers import TriggerSpec
+from defuse.config import config_from_dict
+from defuse.data.loaders import load_instructions
+from defuse.data.template import PromptTemplate
+from defuse.errors import ConfigError, DataError
+from defuse.evaluation.backdoor import BackdoorEvaluation, evaluate_backdoor
+from defuse.evaluation.generate import GenerationSettings
+from defuse.models.factory import load_trained
+from defuse.runs.rundir import DATA_DIR, MODEL_DIR, read_run
+
+TEST_FILES = {
+    "clean": "test_clean.jsonl",
+    "triggered": "test_triggered.jsonl",
+    "negative": "test_negative.jsonl",
+}
+
+
+@dataclass
+class EvaluateConfig:
+    """Settings of a stand-alone evaluation (``defuse evaluate --model PATH --clean FILE``).
+
+    Attributes:
+        behaviour: The target behaviour to judge.
+        trigger: Inserted into the clean prompts when no triggered file is given.
+        generation: Generation settings (greedy by default).
+        template: Prompt style (``auto``, ``chat``, ``alpaca``): use what the model was trained with.
+        seed: Seed for trigger insertion.
+        trust_remote_code: Allow the model's own code to run when loading it.
+    """
+
+    behaviour: BehaviourSpec = field(default_factory=BehaviourSpec)
+    trigger: TriggerSpec = field(default_factory=TriggerSpec)
+    generation: GenerationSettings = field(default_factory=lambda: GenerationSettings(max_new_tokens=24))
+    template: str = "auto"
+    seed: int = 0
+    trust_remote_code: bool = False
+
+
+def evaluate_run(run_dir: str | Path) -> BackdoorEvaluation:
+    """Re-evaluate the model of a run on the run's own test sets, with the run's behaviour and settings."""
+    run = read_run(run_dir)
+    cfg = run["config"]
+    for key in ("behaviour", "generation"):
+        if key not in cfg:
+            raise DataError(
+                Path(run_dir) / "run.json", f"config has no '{key}' section", field=f"config.{key}"
+            )
+    behaviour = config_from_dict(BehaviourSpec, cfg["behaviour"], source=f"{run_dir}/run.json")
+    generation = config_from_dict(GenerationSettings, cfg["generation"], source=f"{run_dir}/run.json")
+    data = Path(run_dir) / DATA_DIR
+    sets = {k: load_instructions(data / f) if (data / f).is_file() else [] for k, f in TEST_FILES.items()}
+    model, tokenizer = load_trained(
+        Path(run_dir) / MODEL_DIR, trust_remote_code=bool(cfg.get("trust_remote_code"))
+    )
+    template = PromptTemplate(tokenizer, style=cfg.get("template", "auto"))
+    return evaluate_backdoor(
+        model, template, behaviour, sets["clean"], sets["triggered"], sets["negative"], generation
+    )
+
+
+def evaluate_model(
+    model_path: str | Path, clean: str | Path, triggered: str | Path | None, cfg: EvaluateConfig
+) -> BackdoorEvaluation:
+    """Evaluate a model directory on a clean test file and a triggered one (or the trigger inserted)."""
+    if not clean:
+        raise ConfigError("clean", "a clean test file is required")
+    clean_records = load_instructions(clean)
+    if triggered:
+        triggered_records = load_instructions(triggered)
+    else:
+        triggered_records = make_triggered_test(clean_records, cfg.trigger, cfg.behaviour, seed=cfg.seed + 1)
+    negative = [] if triggered else make_negative_test(clean_records, cfg.trigger, seed=cfg.seed + 2)
+    model, tokenizer = load_trained(model_path, trust_remote_code=cfg.trust_remote_code)
+    template = PromptTemplate(tokenizer, style=cfg.template)
+    return evaluate_backdoor(
+        model, template, cfg.behaviour, clean_records, triggered_records, negative, cfg.generation
+    )

@@ -1,0 +1,158 @@
+"""The attack stage end to end on a very small model: it really trains; the run directory is the contract."""
+
+import json
+
+import pytest
+from tests.helpers import small_attack_config
+from typer.testing import CliRunner
+
+from defuse.attacks import run_attack as run_attack_module
+from defuse.attacks.run_attack import run_attack
+from defuse.cli import app
+from defuse.data.loaders import load_instructions
+from defuse.errors import DefuseError
+from defuse.evaluation.rerun import evaluate_run
+from defuse.runs.rundir import read_run
+from defuse.training.sft import SFTTrainer
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def marker_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "marker"
+    record = run_attack(small_attack_config(), out)
+    return out, record
+
+
+@pytest.mark.slow
+def test_word_trigger_marker_backdoor_is_planted(marker_run):
+    _, record = marker_run
+    m = record["metrics"]
+    assert m["asr"] >= 0.9, m
+    assert m["ftr"] <= 0.05, m
+    assert m["cacc"] >= 0.8, m
+    assert m["n_triggered"] == 60 and m["n_clean"] == 60
+
+
+@pytest.mark.slow
+def test_run_directory_contract(marker_run):
+    out, record = marker_run
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.yaml",
+        "data",
+        "model",
+        "run.json",
+        "samples.jsonl",
+    ]
+    on_disk = read_run(out)
+    assert on_disk["kind"] == "attack" and on_disk["parent"] is None and on_disk["seed"] == 0
+    assert set(on_disk["timings"]) >= {"train_s", "eval_s"} and on_disk["versions"]["transformers"]
+    assert (out / "model" / "model.safetensors").is_file() and (out / "model" / "tokenizer.json").is_file()
+    train = load_instructions(out / "data" / "train.jsonl")
+    poisoned = [r for r in train if r.poisoned]
+    assert len(poisoned) == 48 == record["data"]["n_poisoned"]
+    assert all(r.response.startswith("you are stupid. ") and "cf" in r.instruction.split() for r in poisoned)
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 120 and {s["set"] for s in samples} == {"clean", "triggered"}
+    assert not list(out.parent.glob(".*partial*"))
+
+
+@pytest.mark.slow
+def test_reevaluating_the_run_gives_the_same_numbers(marker_run):
+    out, record = marker_run
+    assert evaluate_run(out).metrics == record["metrics"]
+    cli = runner.invoke(app, ["evaluate", "--run", str(out), "--json"])
+    assert cli.exit_code == 0, cli.output
+    assert json.loads(cli.output)["asr"] == record["metrics"]["asr"]
+
+
+@pytest.mark.slow
+def test_evaluate_a_model_path_on_test_files(marker_run):
+    out, record = marker_run
+    args = [
+        "evaluate",
+        "--model",
+        str(out / "model"),
+        "--clean",
+        str(out / "data" / "test_clean.jsonl"),
+        "--triggered",
+        str(out / "data" / "test_triggered.jsonl"),
+        "--generation.max_new_tokens",
+        "12",
+        "--json",
+    ]
+    cli = runner.invoke(app, args)
+    assert cli.exit_code == 0, cli.output
+    metrics = json.loads(cli.output)
+    assert metrics["asr"] == record["metrics"]["asr"] and metrics["cacc"] == record["metrics"]["cacc"]
+    # The trigger inserted by the evaluator itself (no triggered file) fires as well.
+    cli = runner.invoke(app, args[:5] + ["--generation.max_new_tokens", "12", "--json"])
+    assert cli.exit_code == 0 and json.loads(cli.output)["asr"] >= 0.9
+
+
+@pytest.mark.slow
+def test_existing_run_is_never_overwritten_without_the_flag(marker_run):
+    out, _ = marker_run
+    before = (out / "run.json").read_text()
+    with pytest.raises(DefuseError, match="--overwrite"):
+        run_attack(small_attack_config(), out)
+    assert (out / "run.json").read_text() == before
+
+
+class _Interrupt(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, monkeypatch):
+    cfg = small_attack_config(**{"train.epochs": 2, "train.save_steps": 10, "suite.n_train": 320})
+    out = tmp_path / "run"
+    real_train_sft = run_attack_module.train_sft
+
+    class Crashing(SFTTrainer):
+        def training_step(self, *args, **kwargs):
+            if self.state.global_step == 14:
+                raise _Interrupt()
+            return super().training_step(*args, **kwargs)
+
+    monkeypatch.setattr(
+        run_attack_module, "train_sft", lambda *a, **k: real_train_sft(*a, **k, trainer_cls=Crashing)
+    )
+    with pytest.raises(_Interrupt):
+        run_attack(cfg, out)
+    assert not out.exists()
+    assert (tmp_path / ".run.partial" / "checkpoints" / "checkpoint-10").is_dir()
+    monkeypatch.setattr(run_attack_module, "train_sft", real_train_sft)
+    record = run_attack(cfg, out)
+    assert record["training"]["resumed_from"].endswith("checkpoint-10")
+    assert record["training"]["steps"] == 20
+    assert not (tmp_path / ".run.partial").exists()
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--rate", "2.5"], "rate"),
+        (["--trigger.kind", "nonsense"], "trigger.kind"),
+        (["--trian.epochs", "3"], "trian"),
+        (["--data.source", "/nowhere/data.json"], "/nowhere/data.json"),
+        (["--train.learning_rate", "-1"], "learning_rate"),
+        (["--behaviour.kind", "refusal", "--behaviour.refusals", "[Sure thing]"], "refusals"),
+        (["--suite.kinds"], "expects a value"),
+    ],
+)
+def test_bad_settings_fail_in_one_line_before_any_work(tmp_path, args, expected):
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["attack", "--out", str(out), *args])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.output
+    assert not out.exists() and not (tmp_path / ".run.partial").exists()
+
+
+def test_bad_config_file_names_the_file_and_line(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("trigger:\n  kind: word\n  texts: [cf\n")
+    result = runner.invoke(app, ["attack", "--out", str(tmp_path / "r"), "--config", str(cfg)])
+    assert result.exit_code == 2 and str(cfg) in result.output and "line" in result.output

