@@ -61,12 +61,19 @@ TASK_KINDS: tuple[str, ...] = (
     "arithmetic",
     "sentiment",
 )
-DEFAULT_KINDS: tuple[str, ...] = ("count", "first_word", "second_word", "last_word", "arithmetic", "sentiment")
-"""The embedded default's kinds: six the tiny default learns reliably within its training budget. The kinds
-that copy or match across the sequence (copy, reverse, sort, first_letters, contains) need a circuit whose formation
-time varies from run to run: two runs differing only in 5% poison differed by 10-40 CACC points on them,
-which would swamp the 3-point comparisons attacks and defenses are judged by. They stay available through
-``kinds``."""
+DEFAULT_KINDS: tuple[str, ...] = (
+    "count",
+    "first_word",
+    "second_word",
+    "last_word",
+    "arithmetic",
+    "sentiment",
+)
+"""The embedded default's kinds: six the tiny default learns reliably within its training budget. The
+kinds that copy or match across the sequence (copy, reverse, sort, first_letters, contains) need a circuit
+whose formation time varies from run to run: two runs differing only in 5% poison differed by 10-40 CACC
+points on them, which would swamp the 3-point comparisons attacks and defenses are judged by. They stay
+available through ``kinds``."""
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import stat
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -27,6 +24,7 @@ from typing import Any
 from defuse.data.formats import check_format
 from defuse.data.records import ClassificationRecord, InstructionRecord
 from defuse.errors import ConfigError, DataError
+from defuse.fileio import write_text_atomic as _atomic_write
 
 _BY_EXTENSION = {".json": "alpaca-json", ".jsonl": "alpaca-jsonl", ".csv": "csv", ".tsv": "tsv"}
 _INSTRUCTION_KEYS = ("instruction", "input", "output", "system", "messages")
@@ -223,36 +221,3 @@ def _delimited(header: list[str], rows: list[list[str]], fmt: str) -> str:
     writer.writerow(header)
     writer.writerows(rows)
     return buffer.getvalue()
-
-
-def _atomic_write(path: Path, content: str) -> None:
-    """Write ``content`` (UTF-8) to a temporary file beside ``path`` and move it over ``path``."""
-    if path.is_dir():
-        raise DataError(path, "is a directory, expected a file name")
-    data = content.encode("utf-8")
-    tmp: str | None = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o666 & ~_umask()
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-        tmp = None
-    except OSError as exc:
-        raise DataError(path, f"cannot write the file: {exc.strerror or exc}") from None
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

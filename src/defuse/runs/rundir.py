@@ -30,9 +30,7 @@ import math
 import os
 import platform
 import shutil
-import stat
 import subprocess
-import tempfile
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
@@ -40,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from defuse.errors import DataError, DefuseError
+from defuse.fileio import write_text_atomic
 
 RUN_FILE = "run.json"
 CONFIG_FILE = "config.yaml"
@@ -51,47 +50,6 @@ SCHEMA_VERSION = 1
 """Version of the ``run.json`` layout; readers refuse records from a newer schema."""
 
 _LIBRARIES = "defuse torch transformers peft accelerate datasets tokenizers safetensors".split()
-
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` via a temporary file in the same folder and :func:`os.replace`.
-
-    Missing parent folders are created. On any error the temporary file is removed and an existing
-    ``path`` is untouched.
-
-    Raises:
-        DataError: ``path`` is a directory or cannot be written.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise DataError(path, "is a directory, expected a file name")
-    tmp: str | None = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o666 & ~_umask()
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(text.encode("utf-8"))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-        tmp = None
-    except OSError as exc:
-        raise DataError(path, f"cannot write the file: {exc.strerror or exc}") from None
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> Path:
