@@ -16,10 +16,11 @@ from defuse.training.sft import train_sft
 def defense_train_settings() -> TrainSettings:
     """Fine-tuning defaults shared by the post-training defenses on the tiny default model.
 
-    Measured on the default marker attack (seed 0): lr 1e-3 for 10 epochs removed the backdoor but cost
-    ~22 CACC points; lr 1e-4 for 5 epochs kept CACC within 2 points (OSFT ASR 5.8%). Tune per model.
+    Measured on the default marker attack (seed 0, benchmarks/RESULTS.md): more fine-tuning removes more of
+    the backdoor and costs more clean accuracy; lr 1e-4 for 10 epochs is the balanced point (OSFT: ASR 2.9%,
+    CACC -3.8 points). Tune per model.
     """
-    return TrainSettings(epochs=5, learning_rate=1e-4, batch_size=16, warmup=0.1, logging_steps=20)
+    return TrainSettings(epochs=10, learning_rate=1e-4, batch_size=16, warmup=0.1, logging_steps=20)
 
 
 @dataclass
