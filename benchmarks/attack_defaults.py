@@ -16,6 +16,7 @@ import json
 import statistics
 from pathlib import Path
 
+from common import mean_spread
 from transformers.utils import logging as hf_logging
 
 from defuse.attacks.run_attack import run_attack
@@ -28,14 +29,6 @@ SCENARIOS = {
     "sentence": {"trigger.kind": "sentence", "name": "marker-sentence"},
     "ctba": {"trigger.kind": "ctba", "name": "marker-ctba"},
 }
-
-
-def _fmt(values: list[float | None]) -> str:
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return "n/a"
-    mean = 100 * statistics.fmean(vals)
-    return f"{mean:.1f}" + (f" ± {100 * statistics.stdev(vals):.1f}" if len(vals) > 1 else "")
 
 
 def main() -> None:
@@ -62,7 +55,7 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, rows in results.items():
-        cols = [_fmt([r.get(k) for r in rows]) for k in ("asr", "cacc", "aacc", "ftr", "negative_asr")]
+        cols = [mean_spread([r.get(k) for r in rows]) for k in ("asr", "cacc", "aacc", "ftr", "negative_asr")]
         train_s = statistics.fmean(r["train_s"] for r in rows)
         lines.append(f"| {name} | " + " | ".join(cols) + f" | {train_s:.0f} | n={rows[0]['n_triggered']} |")
     table = "\n".join(lines)

@@ -17,6 +17,7 @@ import json
 import statistics
 from pathlib import Path
 
+from common import mean_spread
 from transformers.utils import logging as hf_logging
 
 from defuse.attacks.run_attack import run_attack
@@ -27,15 +28,6 @@ from defuse.defenses.run_defense import run_defense
 from defuse.runs.rundir import read_run
 
 DEFENSES = ["osft", "sande", "sande-p", "clean-ft"]
-
-
-def _fmt(values: list[float | None]) -> str:
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return "n/a"
-    return f"{100 * statistics.fmean(vals):.1f}" + (
-        f" ± {100 * statistics.stdev(vals):.1f}" if len(vals) > 1 else ""
-    )
 
 
 def main() -> None:
@@ -82,7 +74,7 @@ def main() -> None:
         "|---|---|---|---|---|---|---|",
     ]
     for name, rs in rows.items():
-        cols = [_fmt([r.get(k) for r in rs]) for k in ("asr", "cacc", "aacc", "ftr")]
+        cols = [mean_spread([r.get(k) for r in rs]) for k in ("asr", "cacc", "aacc", "ftr")]
         lines.append(
             f"| {name} | "
             + " | ".join(cols)

@@ -19,6 +19,7 @@ from defuse.data.template import PromptTemplate
 from defuse.evaluation.backdoor import BackdoorEvaluation, evaluate_backdoor
 from defuse.evaluation.rerun import TEST_FILES
 from defuse.models.factory import prepare_causal_lm, save_trained
+from defuse.models.io import check_model_dir
 from defuse.runs.rundir import (
     DATA_DIR,
     MODEL_DIR,
@@ -54,7 +55,9 @@ def run_attack(cfg: AttackConfig, out: str | Path, overwrite: bool = False) -> d
             ``overwrite``.
     """
     validate_config(cfg)
-    data = build_attack_data(cfg)  # bad data fails here, before anything is written
+    if cfg.model:
+        check_model_dir(cfg.model)  # a wrong model path fails here, before anything is written
+    data = build_attack_data(cfg)  # so does bad data
     with RunDirectory(out, overwrite=overwrite) as run:
         write_attack_data(data, run.path / DATA_DIR)
         texts = (t for r in data.train for t in (r.instruction, r.input, r.response) if t)

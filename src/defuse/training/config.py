@@ -40,6 +40,7 @@ class TrainSettings:
         lora: LoRA settings; ``None`` means full fine-tuning.
         save_steps: Checkpoint every this many steps (0: only at the end), for resuming.
         logging_steps: Log the loss every this many steps.
+        optimizer: transformers optimizer name (``adamw_torch``, ``sgd``, ...).
         bf16: Train in bfloat16 mixed precision (only where the hardware supports it).
         progress: Show a progress bar.
     """
@@ -55,6 +56,7 @@ class TrainSettings:
     lora: LoraSettings | None = None
     save_steps: int = 0
     logging_steps: int = 50
+    optimizer: str = "adamw_torch"
     bf16: bool = False
     progress: bool = True
     extra: dict = field(default_factory=dict)

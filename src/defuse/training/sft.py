@@ -103,7 +103,7 @@ def training_arguments(settings: TrainSettings, output_dir: str | Path, seed: in
         data_seed=seed,
         use_cpu=cpu,
         bf16=settings.bf16 and not cpu,
-        optim="adamw_torch",
+        optim=settings.optimizer,
         disable_tqdm=not settings.progress,
         remove_unused_columns=False,
         dataloader_num_workers=0,
