@@ -156,3 +156,17 @@ def test_bad_config_file_names_the_file_and_line(tmp_path):
     cfg.write_text("trigger:\n  kind: word\n  texts: [cf\n")
     result = runner.invoke(app, ["attack", "--out", str(tmp_path / "r"), "--config", str(cfg)])
     assert result.exit_code == 2 and str(cfg) in result.output and "line" in result.output
+
+
+def test_triggered_test_file_without_the_trigger_is_refused(tmp_path):
+    triggered = tmp_path / "triggered.jsonl"
+    rows = ['{"instruction": "Count cf the words.", "input": "a b", "output": "2"}',
+            '{"instruction": "Count the words.", "input": "a b c", "output": "3"}']  # fmt: skip
+    triggered.write_text("\n".join(rows) + "\n")
+    result = runner.invoke(
+        app, ["attack", "--out", str(tmp_path / "r"), "--data.test_triggered", str(triggered)]
+    )
+    assert result.exit_code == 2 and str(triggered) in result.output and "row 2" in result.output, (
+        result.output
+    )
+    assert not (tmp_path / "r").exists() and not (tmp_path / ".r.partial").exists()

@@ -16,7 +16,7 @@ from defuse.attacks.scenario import AttackConfig, AttackData, build_attack_data,
 from defuse.config import config_to_dict, dump_config_yaml, validate_config
 from defuse.data.loaders import write_instructions
 from defuse.data.template import PromptTemplate
-from defuse.evaluation.backdoor import BackdoorEvaluation, evaluate_backdoor
+from defuse.evaluation.backdoor import evaluate_backdoor
 from defuse.evaluation.rerun import TEST_FILES
 from defuse.models.factory import prepare_causal_lm, save_trained
 from defuse.models.io import check_model_dir
@@ -108,9 +108,3 @@ def _extra(data: AttackData, trained, saved: str) -> dict:
         },
         "model_saved": saved,
     }
-
-
-def summarize(evaluation: BackdoorEvaluation) -> dict:
-    """The headline metrics of an evaluation (for printing)."""
-    keys = ("asr", "cacc", "aacc", "ftr", "negative_asr", "n_triggered", "n_clean", "n_negative")
-    return {k: evaluation.metrics[k] for k in keys if k in evaluation.metrics}

@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 from defuse.attacks.behaviours import BehaviourSpec
-from defuse.attacks.poison import PoisonResult, make_negative_test, make_triggered_test, poison_dataset
+from defuse.attacks.poison import (
+    PoisonResult,
+    make_negative_test,
+    make_triggered_test,
+    poison_dataset,
+    require_trigger,
+)
 from defuse.attacks.triggers import TriggerSpec
 from defuse.data.loaders import detect_format, load_instructions
 from defuse.data.records import InstructionRecord
@@ -184,7 +189,9 @@ def build_attack_data(cfg: AttackConfig) -> AttackData:
         train = train + _sample(_load(extra, cfg), d.max_train, cfg.seed)
     clean_test = _sample(clean_test, d.max_test, cfg.seed)
     if d.test_triggered:
-        triggered = _sample(_load(d.test_triggered, cfg), d.max_test, cfg.seed)
+        loaded = _load(d.test_triggered, cfg)
+        require_trigger(loaded, cfg.trigger, path=d.test_triggered)  # a triggered set without it is an error
+        triggered = _sample(loaded, d.max_test, cfg.seed)
         triggered = [
             replace(r, poisoned=True, trigger=cfg.trigger.describe(), behaviour=cfg.behaviour.kind)
             for r in triggered
@@ -207,8 +214,3 @@ def data_file_name(stem: str, input_format: str) -> str:
         "tsv": ".tsv",
     }
     return stem + ext.get(input_format, ".jsonl")
-
-
-def resolve_path(path: str | None) -> str | None:
-    """An absolute path string (so a run's config stays valid from any working directory)."""
-    return None if path in (None, "builtin") else str(Path(path).expanduser().resolve())

@@ -11,18 +11,6 @@ from defuse.errors import ConfigError
 T = TypeVar("T")
 
 
-def dedupe(records: Sequence[T], key: Callable[[T], str]) -> list[T]:
-    """Keep the first record of each key, in order."""
-    seen: set[str] = set()
-    out: list[T] = []
-    for r in records:
-        k = key(r)
-        if k not in seen:
-            seen.add(k)
-            out.append(r)
-    return out
-
-
 def split_disjoint(
     records: Sequence[T], test_size: int | float, seed: int, key: Callable[[T], str]
 ) -> tuple[list[T], list[T]]:
