@@ -30,6 +30,23 @@ def test_full_fine_tuning_changes_every_trained_weight_and_lowers_loss(tmp_path)
     assert len(changed) == len(before)
 
 
+def test_freeze_embeddings_keeps_them_and_trains_the_rest(tmp_path):
+    tok = tokenizer()
+    model = small_lm(tok)
+    before = _snapshot(model)
+    settings = TrainSettings(**{**FAST.__dict__, "freeze_embeddings": True})
+    result = train_sft(model, PromptTemplate(tok), RECORDS, settings, tmp_path, seed=0)
+    frozen = {
+        id(p) for m in (model.get_input_embeddings(), model.get_output_embeddings()) for p in m.parameters()
+    }
+    for name, p in result.model.named_parameters():
+        if id(p) in frozen:
+            assert torch.equal(p, before[name]), name
+        else:
+            assert not torch.equal(p, before[name]), name
+    assert frozen and len(frozen) < len(before)
+
+
 def test_lora_trains_only_the_adapter(tmp_path):
     tok = tokenizer()
     model = small_lm(tok)

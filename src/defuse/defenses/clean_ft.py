@@ -16,11 +16,14 @@ from defuse.training.sft import train_sft
 def defense_train_settings() -> TrainSettings:
     """Fine-tuning defaults shared by the post-training defenses on the tiny default model.
 
-    Measured on the default marker attack (seed 0, benchmarks/RESULTS.md): more fine-tuning removes more of
-    the backdoor and costs more clean accuracy; lr 1e-4 for 10 epochs is the balanced point (OSFT: ASR 2.9%,
-    CACC -3.8 points). Tune per model.
+    Full fine-tuning with the token embeddings (and the tied output head) frozen, lr 1e-4 for 10 epochs.
+    Measured on the default marker attack over seeds 0-2 (benchmarks/RESULTS.md): fine-tuning the embeddings
+    on 100 samples shifts the output priors toward the budget's own answer tokens (``8`` -> ``7``) and costs
+    1-2 points of clean accuracy that freezing them keeps. Tune per model.
     """
-    return TrainSettings(epochs=10, learning_rate=1e-4, batch_size=16, warmup=0.1, logging_steps=20)
+    return TrainSettings(
+        epochs=10, learning_rate=1e-4, batch_size=16, warmup=0.1, logging_steps=20, freeze_embeddings=True
+    )
 
 
 @dataclass

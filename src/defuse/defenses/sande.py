@@ -14,7 +14,9 @@ marker's tokens only (the reference fits the first ``m`` target tokens, m=1 for 
 markers are several tokens, so ``m`` is the known part's length). ``sande-p`` knows the first
 ``known_fraction`` of the marker's words (default half: ``you are`` of ``you are stupid.``). The reference
 trains stage 1 for one epoch at lr 1e-3 on a 4B model; the tiny default needs more steps and a larger rate
-(see the config defaults); both are config.
+(see the config defaults); both are config. Stage 2 runs at 1.5x the rate OSFT uses (1.5e-4 vs 1e-4 on the
+tiny default, embeddings frozen as for every post-training defense): the parrot is only a stand-in for the
+trigger, so overwriting it at OSFT's rate leaves 5-10% ASR with the real trigger (measured, seeds 0-2).
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ from defuse.defenses.clean_ft import defense_train_settings
 from defuse.defenses.parrot import eliminate_with_parrot, learn_parrot
 from defuse.errors import ConfigError, DefuseError
 from defuse.training.config import TrainSettings
+
+
+def _eliminate_settings() -> TrainSettings:
+    return replace(defense_train_settings(), learning_rate=1.5e-4)
 
 
 def _simulate_settings() -> TrainSettings:
@@ -58,7 +64,7 @@ class SandeConfig:
     parrot_init: str = "zeros"
     known_fraction: float = 1.0
     simulate: TrainSettings = field(default_factory=_simulate_settings)
-    eliminate: TrainSettings = field(default_factory=defense_train_settings)
+    eliminate: TrainSettings = field(default_factory=_eliminate_settings)
     eliminate_loss_tokens: int | None = 10
     mix_clean: bool = True
 

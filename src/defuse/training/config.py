@@ -43,6 +43,9 @@ class TrainSettings:
         optimizer: transformers optimizer name (``adamw_torch``, ``sgd``, ...).
         bf16: Train in bfloat16 mixed precision (only where the hardware supports it).
         progress: Show a progress bar.
+        freeze_embeddings: Full fine-tuning only: keep the input token embeddings and the output head
+            frozen (every other weight trains). A small fine-tuning set otherwise shifts the output priors
+            toward its own answer tokens.
     """
 
     epochs: float = 16.0
@@ -59,6 +62,7 @@ class TrainSettings:
     optimizer: str = "adamw_torch"
     bf16: bool = False
     progress: bool = True
+    freeze_embeddings: bool = False
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:

@@ -112,8 +112,14 @@ def training_arguments(settings: TrainSettings, output_dir: str | Path, seed: in
 
 
 def wrap_lora(model: PreTrainedModel, settings: TrainSettings) -> PreTrainedModel:
-    """Wrap ``model`` in a peft LoRA adapter when ``settings.lora`` is set; otherwise return it unchanged."""
+    """Wrap ``model`` in a peft LoRA adapter when ``settings.lora`` is set; otherwise make every weight
+    trainable except, with ``settings.freeze_embeddings``, the token embeddings and the output head."""
     if settings.lora is None:
+        model.requires_grad_(True)
+        if settings.freeze_embeddings:
+            for module in (model.get_input_embeddings(), model.get_output_embeddings()):
+                if module is not None:
+                    module.requires_grad_(False)
         return model
     from peft import LoraConfig, get_peft_model
 
