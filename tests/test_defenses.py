@@ -27,12 +27,20 @@ def attacked(tmp_path_factory):
 
 
 def test_every_builtin_defense_is_registered_with_its_needs():
-    assert {"clean-ft", "osft", "sande", "sande-p"} <= set(DEFENSES)
+    assert {"clean-ft", "osft", "sande", "sande-p", "mb-defense"} <= set(DEFENSES)
     needs = {name: e.needs(e.config_cls()) for name, e in DEFENSES.items()}
     assert needs["osft"].knowledge == "known_trigger"
     assert needs["sande"].knowledge == "known_target" and needs["sande-p"].knowledge == "partial_target"
     assert needs["clean-ft"].knowledge == "nothing"
-    assert all(n.clean_samples == 100 and n.stage == "after_training" for n in needs.values())
+    post = ("clean-ft", "osft", "sande", "sande-p")
+    assert all(needs[k].clean_samples == 100 and needs[k].stage == "after_training" for k in post)
+    mb = needs["mb-defense"]
+    assert (mb.knowledge, mb.clean_samples, mb.stage, mb.poisoned_data) == (
+        "nothing",
+        128,
+        "during_training",
+        True,
+    )
     with pytest.raises(ConfigError, match="unknown defense 'nope'"):
         get_defense("nope")
 

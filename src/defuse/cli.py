@@ -241,6 +241,51 @@ def defend(
     )
 
 
+@app.command(context_settings=EXTRA_ARGS)
+@user_errors
+def train(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option(help="Run directory to write (must not exist unless --overwrite).")],
+    data: Annotated[
+        Path | None, typer.Option(help="Training data (any supported format; may be poisoned).")
+    ] = None,
+    clean: Annotated[Path | None, typer.Option(help="The defender's clean samples (for --defense).")] = None,
+    defense: Annotated[
+        str | None, typer.Option(help="A during-training defense to train with (mb-defense).")
+    ] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML file of settings.")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Local Hugging Face causal LM to train (default: tiny).")
+    ] = None,
+    clean_test: Annotated[Path | None, typer.Option(help="Clean test prompts (CACC).")] = None,
+    triggered_test: Annotated[
+        Path | None, typer.Option(help="Triggered test prompts with clean answers (ASR, AACC).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory once complete.")] = False,
+) -> None:
+    """Instruction-tune a model on your data, optionally with a during-training defense; write a run.
+
+    Settings as --key value (e.g. --train.epochs 4 --behaviour.kind refusal); the defense's under
+    --defense.KEY (e.g. --defense.lam 0.5 --defense.neutralise.epochs 3). ASR is judged on --triggered-test
+    by the behaviour (default: the marker `you are stupid.`).
+    """
+    from defuse.config import load_config, parse_cli_overrides
+    from defuse.training.run_train import TrainRunConfig, run_train
+
+    _quiet_libraries()
+    overrides = parse_cli_overrides(ctx.args)
+    for key, value in (("data", data), ("clean", clean), ("method", defense), ("model", model),
+                       ("clean_test", clean_test), ("triggered_test", triggered_test)):  # fmt: skip
+        if value is not None:
+            overrides.append((key, str(value)))
+    cfg = load_config(TrainRunConfig, config, overrides)
+    record = run_train(cfg, out, overwrite=overwrite)
+    what = f"with defense '{cfg.method}'" if cfg.method else "plain SFT"
+    console.print(_metrics_table(f"train {what} (seed {cfg.seed})", record["metrics"]))
+    t = record["timings"]
+    console.print(f"train {t['train_s']:.1f}s, evaluation {t['eval_s']:.1f}s; run written to {out}")
+
+
 @data_app.command("check")
 @user_errors
 def data_check(

@@ -3,7 +3,7 @@
 Importing this package registers the built-in defenses.
 """
 
-from defuse.defenses import clean_ft, osft, sande  # noqa: F401  (registration)
+from defuse.defenses import clean_ft, mb_defense, osft, sande  # noqa: F401  (registration)
 from defuse.defenses.base import (
     DEFENSES,
     DefenseContext,

@@ -18,6 +18,7 @@ from defuse.attacks.triggers import TriggerSpec
 from defuse.data.records import InstructionRecord
 from defuse.data.template import PromptTemplate
 from defuse.errors import ConfigError, DefuseError
+from defuse.training.config import TrainSettings
 
 Knowledge = Literal["known_trigger", "known_target", "partial_target", "nothing"]
 Stage = Literal["before_training", "during_training", "after_training", "inference"]
@@ -71,6 +72,10 @@ class DefenseContext:
         behaviour: The behaviour spec, only for defenses that know the target.
         train_data: The training data, only for defenses that declared ``poisoned_data``.
         base_path: Path of the base model when the attacked model is a user's model (for adapters).
+        base_model: Only for ``during_training`` defenses: builds a fresh copy of the model the attack started
+            from (the tiny default from the attack's config and seed with the run's tokenizer, or the user's
+            base model from its path); None when not available.
+        train_settings: Only for ``during_training`` defenses: the attack's own training settings.
     """
 
     model: Any
@@ -83,6 +88,8 @@ class DefenseContext:
     behaviour: BehaviourSpec | None = None
     train_data: list[InstructionRecord] | None = None
     base_path: str | None = None
+    base_model: Callable[[], Any] | None = None
+    train_settings: TrainSettings | None = None
 
 
 @dataclass

@@ -6,13 +6,18 @@ trigger, also when the defense never saw the trigger.
 
 The clean budget is drawn (seeded) from the attack run's training records that were neither poisoned nor
 near-miss negatives: data the model was trained on, disjoint from every test set by construction.
+
+A ``during_training`` defense (e.g. ``mb-defense``) also gets the attack's training settings and a builder of
+a fresh copy of the model the attack started from, and retrains it on the attack run's poisoned data.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from defuse.attacks.behaviours import BehaviourSpec
 from defuse.attacks.scenario import AttackConfig
@@ -25,6 +30,8 @@ from defuse.errors import DataError
 from defuse.evaluation.backdoor import evaluate_backdoor
 from defuse.evaluation.rerun import TEST_FILES
 from defuse.models.factory import load_trained, save_trained
+from defuse.models.io import load_causal_lm
+from defuse.models.tiny import build_causal_lm
 from defuse.runs.rundir import (
     DATA_DIR,
     MODEL_DIR,
@@ -70,6 +77,23 @@ def clean_budget(run: AttackRun, n: int, seed: int) -> list[InstructionRecord]:
     return random.Random(seed).sample(pool, n)
 
 
+def fresh_base_model(attack: AttackRun, tokenizer) -> Callable[[], Any]:
+    """A builder of a fresh copy of the model ``attack`` started from (before any training).
+
+    The tiny default: built from the attack's ``tiny`` config and seed for ``tokenizer`` (the run's own, so
+    the weights equal the attack's initial ones). A user's model: loaded again from ``attack.config.model``.
+    """
+    cfg = attack.config
+    if cfg.model:
+        return lambda: load_causal_lm(cfg.model, trust_remote_code=cfg.trust_remote_code)[0]
+    return lambda: build_causal_lm(tokenizer, cfg.tiny, seed=cfg.seed)
+
+
+def train_file(run: AttackRun) -> Path:
+    """The attack run's training data file."""
+    return sorted((run.path / DATA_DIR).glob("train.*"))[0]
+
+
 def known_target(behaviour: BehaviourSpec) -> str | None:
     """The target text a defender who knows the behaviour has (marker or fixed string), else None."""
     return {"marker": behaviour.marker, "fixed": behaviour.fixed_text}.get(behaviour.kind)
@@ -101,7 +125,11 @@ def run_defense(
             "clean_model": False,
         },
     )
+    check_data = getattr(cfg, "check_data", None)
+    if needs.poisoned_data and callable(check_data):
+        check_data(attack.train, train_file(attack))  # refuse unusable data before any work
     clean = clean_budget(attack, needs.clean_samples, seed) if needs.clean_samples else []
+    during = needs.stage == "during_training"
     with RunDirectory(out, overwrite=overwrite) as run:
         model, tokenizer = load_trained(
             attack.path / MODEL_DIR, trust_remote_code=attack.config.trust_remote_code
@@ -119,6 +147,8 @@ def run_defense(
             behaviour=attack.config.behaviour if knows_target else None,
             train_data=attack.train if needs.poisoned_data else None,
             base_path=attack.config.model,
+            base_model=fresh_base_model(attack, tokenizer) if during else None,
+            train_settings=attack.config.train if during else None,
         )
         result = entry.apply(ctx, cfg)
         evaluation = evaluate_backdoor(

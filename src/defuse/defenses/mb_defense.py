@@ -1,0 +1,341 @@
+"""``mb-defense``: Merging and Breaking, for an unknown trigger, during training (METHODS.md §2.3).
+
+A defender who instruction-tunes on data that may be poisoned, knowing nothing of the attack:
+
+1. **Merge** (:func:`defensive_poison`): add ``T`` defensive triggers of its own (default ``mn``, ``bb``,
+   ``qw``, ``jh``), each poisoning ``fraction`` (default 1%) of the training records with its own fixed
+   random-word response, then run the instruction tuning as usual on the result. The attacker's unknown
+   trigger and the defender's merge into one backdoor representation.
+2. **Break** (:mod:`defuse.defenses.neutralise`): on a small clean set (default 128 samples, split 8:2
+   into train/held-out before the cross product, :func:`neutralise_rows`), minimise for every clean pair
+   and every defensive trigger ``CE(y|x) − λ·log σ(lp(y|x_d) − lp(y_d|x_d))`` (log-probs length-normalised
+   by default; see that module for why), keeping the epoch with the lowest held-out loss. Breaking the
+   defensive backdoor breaks the merged one.
+
+The defender's triggers and responses are not secret (they are recorded in the run), but they must not
+be words of the data itself: :func:`check_triggers` refuses, before any training, data in which a
+defensive trigger occurs as a word.
+
+Run it with ``defuse defend --method mb-defense --from ATTACK_RUN`` (it retrains a FRESH copy of the model
+the attack started from on the attack run's poisoned data, so it sits in the same comparison as the
+post-training defenses) or ``defuse train --defense mb-defense --data POISONED --clean CLEAN`` (the
+user's own instruction tuning).
+
+Fidelity notes (ours where the paper is silent):
+
+* Defensive records are drawn (seeded, disjoint across triggers) from ALL training records, the
+  attacker's included: the defender cannot tell them apart. A chosen record keeps its prompt, gets the
+  trigger inserted into its instruction (:func:`~defuse.attacks.triggers.insert_trigger`, word kind, at
+  ``position``) and its response replaced in place, so the data set keeps its size. ``round(fraction·N)``
+  rounds half up, with at least one record per trigger.
+* The default responses are four 8-word sequences of our own making; the paper gives one example.
+* Stage-1 settings default to the attack's own training settings under ``defend`` (the paper tunes for
+  3 epochs on 7-8B models; the tiny default needs more), to ``TrainSettings()`` under ``train``.
+* Stage 2 defaults (5 epochs, lr 1e-4, batch 16) follow the paper's epochs and our post-training
+  defenses' rate for the tiny model; tune per model. Under ``defend`` the clean set is the run's clean
+  budget, clean records of the attack's training data (disjoint from every test set).
+* The CE term is counted once per (clean pair, trigger) row, as the formula sums over both.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import string
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from defuse.attacks.triggers import TriggerSpec, insert_trigger
+from defuse.data.records import InstructionRecord
+from defuse.data.splits import split_disjoint
+from defuse.defenses.base import DefenseContext, DefenseNeeds, DefenseResult, register_defense
+from defuse.defenses.neutralise import NeutraliseRow, neutralise
+from defuse.errors import ConfigError, DataError, DefuseError
+from defuse.training.config import TrainSettings
+from defuse.training.sft import train_sft
+
+DEFAULT_TRIGGERS: tuple[str, ...] = ("mn", "bb", "qw", "jh")
+DEFAULT_RESPONSES: tuple[str, ...] = (
+    "Crimson lantern drift swiftly murmur hollow quartz ribbon",
+    "Velvet compass orbit gently whisper amber glacier thistle",
+    "Copper meadow tumble slowly echo silent marble feather",
+    "Indigo harbor spiral softly shimmer frozen cobalt willow",
+)
+CHECKED_FIELDS: tuple[str, ...] = ("instruction", "input", "response")
+
+
+def neutralise_settings() -> TrainSettings:
+    """Stage-2 defaults: like the post-training defenses' fine-tuning (lr 1e-4, batch 16), 5 epochs."""
+    return TrainSettings(epochs=5, learning_rate=1e-4, batch_size=16, warmup=0.1, logging_steps=20)
+
+
+@dataclass
+class MBDefenseConfig:
+    """Settings of ``mb-defense``.
+
+    Attributes:
+        triggers: The defensive triggers (short rare strings; reference: 4). Each must not occur as a word
+            in the training data.
+        responses: One fixed response per trigger (a sequence of random words), in the same order.
+        fraction: Share of the training records each trigger poisons (reference: 0.01); the sets are
+            disjoint, so ``len(triggers) * fraction`` must stay below 1.
+        position: Where a defensive trigger goes in the instruction: ``start``, ``end``, ``random`` or a
+            word index (as for attack triggers).
+        clean_samples: Size of the clean set for stage 2 (reference: 128).
+        eval_fraction: Held-out share of the clean set (reference: 8:2, so 0.2), split before the cross
+            product with the triggers, so held-out prompts are never trained on.
+        lam: λ, the weight of the preference term ``−log σ(lp(y|x_d) − lp(y_d|x_d))``.
+        length_normalise: Compare per-token mean log-probs inside σ (default) instead of sums.
+        train: Stage-1 instruction-tuning settings; null: the attack run's own (``defuse defend``) or the
+            run's ``train`` settings (``defuse train``).
+        neutralise: Stage-2 settings (full fine-tuning, or LoRA with ``neutralise.lora``); ``epochs`` is the
+            number of candidate checkpoints.
+    """
+
+    triggers: list[str] = field(default_factory=lambda: list(DEFAULT_TRIGGERS))
+    responses: list[str] = field(default_factory=lambda: list(DEFAULT_RESPONSES))
+    fraction: float = 0.01
+    position: str = "random"
+    clean_samples: int = 128
+    eval_fraction: float = 0.2
+    lam: float = 1.0
+    length_normalise: bool = True
+    train: TrainSettings | None = None
+    neutralise: TrainSettings = field(default_factory=neutralise_settings)
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` on a nonsense value."""
+        if not self.triggers:
+            raise ConfigError("triggers", "needs at least one defensive trigger")
+        keys = [_phrase(t) for t in self.triggers]
+        for t, key in zip(self.triggers, keys, strict=True):
+            if not key.strip():
+                raise ConfigError("triggers", f"{t!r} is empty once punctuation is stripped")
+        if len(set(keys)) != len(keys):
+            raise ConfigError(
+                "triggers", f"must be distinct (ignoring case and punctuation), got {self.triggers}"
+            )
+        if len(self.responses) != len(self.triggers):
+            raise ConfigError(
+                "responses",
+                f"needs one per trigger: {len(self.triggers)} triggers, {len(self.responses)} responses",
+            )
+        if any(not r.strip() for r in self.responses) or len(set(self.responses)) != len(self.responses):
+            raise ConfigError("responses", "must be distinct non-empty texts")
+        for t, key in zip(self.triggers, keys, strict=True):
+            if any(key in _phrase(r) for r in self.responses):
+                raise ConfigError("responses", f"a response contains the defensive trigger {t!r}")
+        if not (math.isfinite(self.fraction) and 0 < self.fraction < 1):
+            raise ConfigError("fraction", f"must be in (0, 1), got {self.fraction}")
+        if len(self.triggers) * self.fraction >= 1:
+            raise ConfigError(
+                "fraction", f"{len(self.triggers)} triggers x {self.fraction} would poison every record"
+            )
+        try:
+            trigger_spec(self.triggers[0], self.position).effective_position()
+        except ConfigError as exc:
+            raise ConfigError("position", str(exc).split(": ", 1)[-1]) from None
+        if self.clean_samples < 2:
+            raise ConfigError(
+                "clean_samples", f"needs at least 2 (a train and a held-out one), got {self.clean_samples}"
+            )
+        if not 0 < self.eval_fraction < 1:
+            raise ConfigError("eval_fraction", f"must be in (0, 1), got {self.eval_fraction}")
+        if max(1, round(self.clean_samples * self.eval_fraction)) >= self.clean_samples:
+            raise ConfigError("eval_fraction", f"leaves no training sample of {self.clean_samples}")
+        if not (math.isfinite(self.lam) and self.lam >= 0):
+            raise ConfigError("lam", f"must be a finite number >= 0, got {self.lam}")
+
+    def check_data(self, records: Sequence[InstructionRecord], source: str | Path | None = None) -> None:
+        """Refuse training data that the defensive triggers collide with (see :func:`check_triggers`)."""
+        check_triggers(records, self.triggers, self.responses, source)
+
+
+def trigger_spec(trigger: str, position: str) -> TriggerSpec:
+    """The word-kind :class:`TriggerSpec` inserting ``trigger`` into the instruction at ``position``."""
+    return TriggerSpec(kind="word", texts=[trigger], position=position)
+
+
+def _phrase(text: str) -> str:
+    """``text`` as space-padded lower-case words with punctuation stripped from their ends."""
+    words = (w.strip(string.punctuation).lower() for w in text.split())
+    return " " + " ".join(w for w in words if w) + " "
+
+
+def check_triggers(
+    records: Sequence[InstructionRecord],
+    triggers: Sequence[str],
+    responses: Sequence[str] = (),
+    source: str | Path | None = None,
+) -> None:
+    """Refuse data in which a defensive trigger occurs as a word, or whose response is a defensive one.
+
+    Words are the whitespace-separated parts of a text, compared case-insensitively with punctuation
+    stripped from their ends (``MN,`` is ``mn``); a trigger of several words must occur as that run of words.
+    The instruction, input and response of every record are checked.
+
+    Args:
+        records: The training data.
+        triggers: The defensive triggers.
+        responses: The defensive responses; a record whose response equals one is refused as well.
+        source: The data file, named in the error.
+
+    Raises:
+        DataError: naming the trigger, and the first 1-based row and field where it occurs.
+    """
+    keys = [(t, _phrase(t)) for t in triggers]
+    wanted = set(responses)
+    for i, record in enumerate(records):
+        for name in CHECKED_FIELDS:
+            text = getattr(record, name)
+            if not text:
+                continue
+            words = _phrase(text)
+            for trigger, key in keys:
+                if key in words:
+                    problem = f"the defensive trigger '{trigger}' occurs in the data as a word"
+                    raise DataError(source, problem + "; choose other defensive triggers", i + 1, name)
+            if name == "response" and text in wanted:
+                raise DataError(source, "equals a defensive response; choose other responses", i + 1, name)
+
+
+def defensive_poison(
+    records: Sequence[InstructionRecord], cfg: MBDefenseConfig, seed: int
+) -> tuple[list[InstructionRecord], dict[str, int]]:
+    """Stage 1 data: each trigger poisons ``round(fraction · N)`` records (at least 1), disjoint, in place.
+
+    A chosen record gets its trigger inserted into the instruction (at ``cfg.position``), its response
+    replaced by the trigger's response, and ``meta`` plus ``defensive_trigger`` (the trigger) and
+    ``replaced_response`` (the response it had); every other field is kept (``poisoned`` still says whether
+    the ATTACKER poisoned it). Deterministic under ``seed``; the input is not changed.
+
+    Returns:
+        ``(records, {trigger: count})``: the same length and order as the input.
+
+    Raises:
+        DataError: on an empty data set.
+        ConfigError: when the disjoint sets need more records than there are.
+    """
+    records = list(records)
+    n = len(records)
+    if not n:
+        raise DataError(None, "no training records to poison defensively")
+    per = max(1, math.floor(cfg.fraction * n + 0.5))
+    if per * len(cfg.triggers) > n:
+        raise ConfigError(
+            "fraction", f"{len(cfg.triggers)} triggers x {per} records need more than the {n} records"
+        )
+    rng = random.Random(seed)
+    chosen = rng.sample(range(n), per * len(cfg.triggers))
+    out = list(records)
+    counts: dict[str, int] = {}
+    for j, (trigger, response) in enumerate(zip(cfg.triggers, cfg.responses, strict=True)):
+        spec = trigger_spec(trigger, cfg.position)
+        for i in sorted(chosen[j * per : (j + 1) * per]):
+            r = records[i]
+            text, _ = insert_trigger(r.instruction, spec, rng)
+            meta = {**r.meta, "defensive_trigger": trigger, "replaced_response": r.response}
+            out[i] = replace(r, instruction=text, response=response, meta=meta)
+        counts[trigger] = per
+    return out, counts
+
+
+def neutralise_rows(
+    clean: Sequence[InstructionRecord], cfg: MBDefenseConfig, seed: int = 0
+) -> tuple[list[NeutraliseRow], list[NeutraliseRow]]:
+    """Stage 2 data: split the clean set (seeded, ``eval_fraction`` held out, by prompt), then cross it
+    with the triggers.
+
+    Every clean record of a split gives one :class:`NeutraliseRow` per trigger, in order (record by
+    record, trigger by trigger): ``x`` the record, ``y`` its response, ``x_d`` the record with the trigger
+    inserted at ``cfg.position``, ``y_d`` the trigger's response. Records sharing a prompt stay on one side.
+
+    Returns:
+        ``(train_rows, eval_rows)``, of ``len(split) * len(cfg.triggers)`` rows each.
+
+    Raises:
+        ConfigError (``eval_fraction``): when the clean set has too few distinct prompts to split.
+        DataError: a clean record without a response.
+    """
+    for i, r in enumerate(clean):
+        if not r.response:
+            raise DataError(None, "a clean sample needs a response", row=i + 1, field="response")
+    try:
+        train, held = split_disjoint(list(clean), float(cfg.eval_fraction), seed, key=lambda r: r.user_text)
+    except ConfigError as exc:
+        raise ConfigError("eval_fraction", f"cannot split {len(clean)} clean samples: {exc}") from None
+    rng = random.Random(seed + 1)
+
+    def cross(records: list[InstructionRecord]) -> list[NeutraliseRow]:
+        rows = []
+        for r in records:
+            for trigger, response in zip(cfg.triggers, cfg.responses, strict=True):
+                text, _ = insert_trigger(r.instruction, trigger_spec(trigger, cfg.position), rng)
+                rows.append(NeutraliseRow(r, r.response, replace(r, instruction=text), response, trigger))
+        return rows
+
+    return cross(train), cross(held)
+
+
+def _needs(cfg: MBDefenseConfig) -> DefenseNeeds:
+    return DefenseNeeds(
+        knowledge="nothing", clean_samples=cfg.clean_samples, stage="during_training", poisoned_data=True
+    )
+
+
+@register_defense(
+    "mb-defense", MBDefenseConfig, _needs, "retrain with defensive triggers, then break them on clean data"
+)
+def apply_mb_defense(ctx: DefenseContext, cfg: MBDefenseConfig) -> DefenseResult:
+    """Run both stages on ``ctx.train_data`` and return the neutralised model.
+
+    The model trained is ``ctx.base_model()`` (a fresh copy of the model the attack started from) when the
+    context has one, else ``ctx.model``, which must then be the untrained base (the ``defuse train`` path).
+    Stage-1 settings: ``cfg.train``, else ``ctx.train_settings``, else ``TrainSettings()``.
+
+    Raises:
+        DefuseError: without training data; DataError when a defensive trigger collides with the data.
+    """
+    if not ctx.train_data:
+        raise DefuseError("mb-defense needs the training data")
+    check_triggers(ctx.train_data, cfg.triggers, cfg.responses)
+    start = time.perf_counter()
+    records, counts = defensive_poison(ctx.train_data, cfg, ctx.seed)
+    train_rows, eval_rows = neutralise_rows(ctx.clean_data, cfg, ctx.seed)
+    model = ctx.base_model() if ctx.base_model is not None else ctx.model
+    settings = cfg.train or ctx.train_settings or TrainSettings()
+    stage1 = train_sft(model, ctx.template, records, settings, ctx.work_dir / "stage1", seed=ctx.seed)
+    stage2 = neutralise(
+        stage1.model, ctx.template, train_rows, eval_rows, cfg.neutralise, cfg.lam, cfg.length_normalise,
+        ctx.work_dir / "neutralise", seed=ctx.seed,
+    )  # fmt: skip
+    extra = {
+        "triggers": list(cfg.triggers),
+        "responses": list(cfg.responses),
+        "fraction": cfg.fraction,
+        "position": cfg.position,
+        "defensive_counts": counts,
+        "n_train": len(records),
+        "lam": cfg.lam,
+        "length_normalise": cfg.length_normalise,
+        "stage1": {
+            "model": "fresh base" if ctx.base_model is not None else "given base",
+            "steps": stage1.steps,
+            "final_loss": stage1.final_loss,
+            "train_s": stage1.train_s,
+        },
+        "neutralise": {
+            "n_train_rows": len(train_rows),
+            "n_eval_rows": len(eval_rows),
+            "steps": stage2.steps,
+            "heldout_before": stage2.heldout_before,
+            "heldout": stage2.history,
+            "train_s": stage2.train_s,
+        },
+        "heldout_losses": [h["loss"] for h in stage2.history],
+        "chosen_epoch": stage2.chosen_epoch,
+        "best_heldout_loss": stage2.best_loss,
+    }
+    return DefenseResult(stage2.model, time.perf_counter() - start, extra)
