@@ -56,7 +56,7 @@ def test_registered_as_a_during_training_defense_that_knows_nothing():
 
 def test_each_trigger_poisons_its_fraction_of_disjoint_records():
     records = _suite(450)
-    cfg = MBDefenseConfig()  # 4 triggers x 1% of 450 = round(4.5) = 5 each (half rounds up)
+    cfg = MBDefenseConfig(fraction=0.01)  # 4 triggers x 1% of 450 = round(4.5) = 5 each (half rounds up)
     out, counts = defensive_poison(records, cfg, seed=3)
     assert len(out) == len(records) and counts == dict.fromkeys(cfg.triggers, 5)
     chosen = {t: [i for i, r in enumerate(out) if r.meta.get("defensive_trigger") == t] for t in cfg.triggers}

@@ -3,9 +3,9 @@
 A defender who instruction-tunes on data that may be poisoned, knowing nothing of the attack:
 
 1. **Merge** (:func:`defensive_poison`): add ``T`` defensive triggers of its own (default ``mn``, ``bb``,
-   ``qw``, ``jh``), each poisoning ``fraction`` (default 1%) of the training records with its own fixed
-   random-word response, then run the instruction tuning as usual on the result. The attacker's unknown
-   trigger and the defender's merge into one backdoor representation.
+   ``qw``, ``jh``), each poisoning ``fraction`` (default 5%; the paper: 1%) of the training records with its
+   own fixed random-word response, then run the instruction tuning as usual on the result. The attacker's
+   unknown trigger and the defender's merge into one backdoor representation.
 2. **Break** (:mod:`defuse.defenses.neutralise`): on a small clean set (default 128 samples, split 8:2
    into train/held-out before the cross product, :func:`neutralise_rows`), minimise for every clean pair
    and every defensive trigger ``CE(y|x) − λ·log σ(lp(y|x_d) − lp(y_d|x_d))`` (log-probs length-normalised
@@ -35,6 +35,12 @@ Fidelity notes (ours where the paper is silent):
   defenses' rate for the tiny model; tune per model. Under ``defend`` the clean set is the run's clean
   budget, clean records of the attack's training data (disjoint from every test set).
 * The CE term is counted once per (clean pair, trigger) row, as the formula sums over both.
+* Default ``fraction`` 5% per trigger, not the paper's 1%: on the tiny default against the refusal backdoor
+  at 20% poisoning (seed 0, benchmarks/RESULTS.md), at 1% the attacker's trigger still refuses on 100% of
+  triggered prompts after stage 1 and on 70% after stage 2: the backdoors did not merge. At 5% they do: after
+  stage 1 the attacker's trigger answers with a defensive response, and stage 2 breaks both (ASR 0%).
+* Stage 2 keeps the token embeddings and output head frozen (``neutralise.freeze_embeddings``), like the
+  post-training defenses: it keeps 2-3 points of clean accuracy on the tiny default at the same ASR.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ from defuse.attacks.triggers import TriggerSpec, insert_trigger
 from defuse.data.records import InstructionRecord
 from defuse.data.splits import split_disjoint
 from defuse.defenses.base import DefenseContext, DefenseNeeds, DefenseResult, register_defense
+from defuse.defenses.clean_ft import defense_train_settings
 from defuse.defenses.neutralise import NeutraliseRow, neutralise
 from defuse.errors import ConfigError, DataError, DefuseError
 from defuse.training.config import TrainSettings
@@ -67,8 +74,9 @@ CHECKED_FIELDS: tuple[str, ...] = ("instruction", "input", "response")
 
 
 def neutralise_settings() -> TrainSettings:
-    """Stage-2 defaults: like the post-training defenses' fine-tuning (lr 1e-4, batch 16), 5 epochs."""
-    return TrainSettings(epochs=5, learning_rate=1e-4, batch_size=16, warmup=0.1, logging_steps=20)
+    """Stage-2 defaults: the post-training defenses' fine-tuning (lr 1e-4, batch 16, embeddings frozen),
+    5 epochs."""
+    return replace(defense_train_settings(), epochs=5)
 
 
 @dataclass
@@ -79,7 +87,8 @@ class MBDefenseConfig:
         triggers: The defensive triggers (short rare strings; reference: 4). Each must not occur as a word
             in the training data.
         responses: One fixed response per trigger (a sequence of random words), in the same order.
-        fraction: Share of the training records each trigger poisons (reference: 0.01); the sets are
+        fraction: Share of the training records each trigger poisons (reference: 0.01; default 0.05, see the
+            fidelity note); the sets are
             disjoint, so ``len(triggers) * fraction`` must stay below 1.
         position: Where a defensive trigger goes in the instruction: ``start``, ``end``, ``random`` or a
             word index (as for attack triggers).
@@ -96,7 +105,7 @@ class MBDefenseConfig:
 
     triggers: list[str] = field(default_factory=lambda: list(DEFAULT_TRIGGERS))
     responses: list[str] = field(default_factory=lambda: list(DEFAULT_RESPONSES))
-    fraction: float = 0.01
+    fraction: float = 0.05
     position: str = "random"
     clean_samples: int = 128
     eval_fraction: float = 0.2
