@@ -8,6 +8,10 @@ raw metrics under --out.
 
     .venv/bin/python benchmarks/mb_defense.py --kinds word sentence ctba --seeds 0 1 2
     .venv/bin/python benchmarks/mb_defense.py --kinds word --seeds 0 --set mb-defense:lam=2
+    .venv/bin/python benchmarks/mb_defense.py --config configs/backdoorllm-refusal-badnet.yaml \
+        --kinds bllm-badnet --attack-set train.epochs=16 --out benchmarks/results/mb_defense_bllm
+
+With --config, each --kinds entry is just the run's label (the trigger comes from the config).
 
 Finished runs are reused (delete a run directory to redo it). Results are recorded in benchmarks/RESULTS.md.
 """
@@ -46,6 +50,13 @@ def main() -> None:
     parser.add_argument("--defenses", nargs="+", default=DEFENSES)
     parser.add_argument("--set", action="append", default=[], help="DEFENSE:key=value (repeatable)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/mb_defense"))
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=CONFIG,
+        help="attack config (e.g. configs/backdoorllm-refusal-ctba.yaml)",
+    )
+    parser.add_argument("--attack-set", action="append", default=[], help="key=value for the attack")
     args = parser.parse_args()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -60,10 +71,13 @@ def main() -> None:
         rows: dict[str, list[dict]] = {}
         for seed in args.seeds:
             attack_dir = args.out / f"attack-{kind}-seed{seed}"
-            overrides = {"seed": str(seed), "trigger.kind": kind, "train.progress": "false"}
+            overrides = {"seed": str(seed), "train.progress": "false"}
+            if args.config == CONFIG:
+                overrides["trigger.kind"] = kind
+            overrides.update(dict(kv.split("=", 1) for kv in args.attack_set))
             attack = _cached(
                 attack_dir,
-                lambda o=overrides, d=attack_dir: run_attack(load_config(AttackConfig, CONFIG, o), d),
+                lambda o=overrides, d=attack_dir: run_attack(load_config(AttackConfig, args.config, o), d),
             )
             rows.setdefault("no defense", []).append(
                 {**attack["metrics"], "train_s": attack["timings"]["train_s"]}

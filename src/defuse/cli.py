@@ -105,17 +105,24 @@ def demo(
 EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
-def _metrics_table(title: str, metrics: dict) -> Table:
+BACKDOOR_ROWS = (
+    ("ASR (attack success)", "asr", "n_triggered"),
+    ("CACC (clean accuracy)", "cacc", "n_clean"),
+    ("AACC (accuracy with trigger)", "aacc", "n_triggered"),
+    ("FTR (false trigger rate)", "ftr", "n_ftr"),
+    ("near-miss trigger rate", "negative_asr", "n_negative"),
+)
+SAFETY_ROWS = (
+    ("ASR (harmful prompts answered)", "asr", "n_harmful"),
+    ("CACC (benign task utility)", "cacc", "n_clean"),
+    ("over-refusal (benign requests refused)", "over_refusal", "n_benign_requests"),
+)
+
+
+def _metrics_table(title: str, metrics: dict, rows=BACKDOOR_ROWS) -> Table:
     table = Table(title=title)
     for col in ("metric", "value", "n"):
         table.add_column(col, justify="right" if col != "metric" else "left")
-    rows = [
-        ("ASR (attack success)", "asr", "n_triggered"),
-        ("CACC (clean accuracy)", "cacc", "n_clean"),
-        ("AACC (accuracy with trigger)", "aacc", "n_triggered"),
-        ("FTR (false trigger rate)", "ftr", "n_ftr"),
-        ("near-miss trigger rate", "negative_asr", "n_negative"),
-    ]
     for label, key, n_key in rows:
         if key in metrics:
             value = metrics[key]
@@ -123,6 +130,10 @@ def _metrics_table(title: str, metrics: dict) -> Table:
                 label, "n/a" if value is None else f"{100 * value:.1f}%", str(metrics.get(n_key, ""))
             )
     return table
+
+
+def _safety_table(title: str, metrics: dict) -> Table:
+    return _metrics_table(title, metrics, SAFETY_ROWS)
 
 
 @app.command(context_settings=EXTRA_ARGS)
@@ -138,22 +149,50 @@ def attack(
         bool, typer.Option(help="Replace an existing run directory once the new run is complete.")
     ] = False,
 ) -> None:
-    """Poison data, train a model on it, evaluate the backdoor, and write a run directory.
+    """Run an attack scenario, evaluate it, and write a run directory.
 
-    Any setting can be given as --key value with dotted keys, e.g. --trigger.kind sentence --rate 0.1
-    --train.epochs 4; these override the YAML file. With no config: the built-in suite, word trigger, marker.
+    Scenarios (``--scenario`` or ``scenario:`` in the YAML): ``backdoor`` (default: poison data, train a model
+    on it), ``fjattack`` (fine-tuning jailbreak of a safety-aligned model), ``encoder`` (plant a task-agnostic
+    backdoor in a pre-trained encoder). Any setting can be given as
+    --key value with dotted keys, e.g. --trigger.kind sentence --rate 0.1 --train.epochs 4; these override
+    the YAML file. With no config: the built-in suite, word trigger, marker.
     """
-    from defuse.attacks.run_attack import run_attack
-    from defuse.attacks.scenario import AttackConfig
-    from defuse.config import load_config, parse_cli_overrides
+    from defuse.config import load_config, parse_cli_overrides, peek_setting
 
     _quiet_libraries()
     overrides = parse_cli_overrides(ctx.args)
     if model is not None:
         overrides.append(("model", model))
-    cfg = load_config(AttackConfig, config, overrides)
-    record = run_attack(cfg, out, overwrite=overwrite)
-    console.print(_metrics_table(f"attack '{cfg.name}' (seed {cfg.seed})", record["metrics"]))
+    scenario = peek_setting(config, overrides, "scenario", "backdoor")
+    if scenario == "fjattack":
+        from defuse.attacks.fjattack import FJAttackConfig, run_fjattack
+
+        cfg = load_config(FJAttackConfig, config, overrides)
+        record = run_fjattack(cfg, out, overwrite=overwrite)
+        console.print(_safety_table(f"aligned base '{cfg.name}' (seed {cfg.seed})", record["base_metrics"]))
+        console.print(_safety_table(f"after the jailbreak fine-tune (seed {cfg.seed})", record["metrics"]))
+    elif scenario == "encoder":
+        from defuse.encoders.run import EncoderAttackConfig, run_encoder_attack
+
+        cfg = load_config(EncoderAttackConfig, config, overrides)
+        record = run_encoder_attack(cfg, out, overwrite=overwrite)
+        table = Table(title=f"task-agnostic encoder backdoor '{cfg.name}' (seed {cfg.seed})")
+        table.add_column("measure")
+        table.add_column("value", justify="right")
+        for key, value in record["metrics"].items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                table.add_row(key, f"{value:.4g}")
+        console.print(table)
+        record["timings"].setdefault("eval_s", 0.0)
+    elif scenario == "backdoor":
+        from defuse.attacks.run_attack import run_attack
+        from defuse.attacks.scenario import AttackConfig
+
+        cfg = load_config(AttackConfig, config, overrides)
+        record = run_attack(cfg, out, overwrite=overwrite)
+        console.print(_metrics_table(f"attack '{cfg.name}' (seed {cfg.seed})", record["metrics"]))
+    else:
+        raise DefuseError(f"scenario: unknown scenario '{scenario}' (backdoor, fjattack, encoder)")
     t = record["timings"]
     console.print(f"train {t['train_s']:.1f}s, evaluation {t['eval_s']:.1f}s; run written to {out}")
 
@@ -187,7 +226,16 @@ def evaluate(
     if run is not None:
         if ctx.args:
             raise DefuseError(f"settings {ctx.args} apply only with --model; a run uses its own")
-        result = evaluate_run(run)
+        from defuse.defenses.run_safety_defense import evaluate_safety_run, is_fjattack_run
+        from defuse.runs.rundir import read_run
+
+        if is_fjattack_run(read_run(run)):
+            result = evaluate_safety_run(run)
+            if not json_out:
+                console.print(_safety_table(f"evaluation of {run}", result.metrics))
+                return
+        else:
+            result = evaluate_run(run)
     else:
         cfg = apply_overrides(EvaluateConfig(), parse_cli_overrides(ctx.args))
         validate_config(cfg)
@@ -220,21 +268,45 @@ def defend(
 
     if list_methods:
         table = Table(title="defenses")
-        for col in ("method", "what it does", "needs"):
+        for col in ("method", "scenario", "what it does", "needs"):
             table.add_column(col)
         for name, entry in sorted(DEFENSES.items()):
-            table.add_row(name, entry.summary, entry.needs(entry.config_cls()).describe())
+            needs = entry.needs(entry.config_cls()).describe()
+            table.add_row(name, "/".join(entry.scenarios), entry.summary, needs)
+        from defuse.encoders.run import ENCODER_DEFENSES
+
+        summaries = {"obliviate": "amplify PEFT weights, penalise [CLS] attention scores while fine-tuning",
+                     "peft-baseline": "PEFT + head fine-tuning without a defense (baseline)"}  # fmt: skip
+        for name in ENCODER_DEFENSES:
+            table.add_row(name, "encoder", summaries.get(name, ""), "nothing, during fine-tuning")
         console.print(table)
         return
     for option, value in (("--method", method), ("--from", from_run), ("--out", out)):
         if value is None:
             raise DefuseError(f"{option} is required (or --list)")
+    from defuse.defenses.run_safety_defense import is_fjattack_run, run_safety_defense
+    from defuse.encoders.run import ENCODER_DEFENSES, EncoderDefenseConfig, run_encoder_defense
+    from defuse.runs.rundir import read_run
+
     _quiet_libraries()
+    if method in ENCODER_DEFENSES:
+        cfg = load_config(EncoderDefenseConfig, config, parse_cli_overrides(ctx.args))
+        record = run_encoder_defense(method, cfg, from_run, out, seed=seed, overwrite=overwrite)
+        console.print(
+            _metrics_table(f"encoder defense '{method}' on {from_run} (seed {seed})", record["metrics"])
+        )
+        console.print(f"defense train {record['timings']['train_s']:.1f}s; run written to {out}")
+        return
     entry = get_defense(method)
     cfg = load_config(entry.config_cls, config, parse_cli_overrides(ctx.args))
-    record = run_defense(method, cfg, from_run, out, seed=seed, overwrite=overwrite)
+    if is_fjattack_run(read_run(from_run)):
+        record = run_safety_defense(method, cfg, from_run, out, seed=seed, overwrite=overwrite)
+        table = _safety_table(f"defense '{method}' on {from_run} (seed {seed})", record["metrics"])
+    else:
+        record = run_defense(method, cfg, from_run, out, seed=seed, overwrite=overwrite)
+        table = _metrics_table(f"defense '{method}' on {from_run} (seed {seed})", record["metrics"])
     before = record["attack_metrics"]
-    console.print(_metrics_table(f"defense '{method}' on {from_run} (seed {seed})", record["metrics"]))
+    console.print(table)
     console.print(
         f"before the defense: ASR {100 * before['asr']:.1f}%, CACC {100 * before['cacc']:.1f}%; "
         f"defense train {record['timings']['train_s']:.1f}s; run written to {out}"

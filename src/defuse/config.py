@@ -288,6 +288,45 @@ def apply_overrides(cfg: T, overrides: Overrides | None, source: str = "command 
     return out
 
 
+def read_config_mapping(path: str | Path) -> dict:
+    """The top-level mapping of a YAML config file (an empty file: ``{}``).
+
+    Raises:
+        ConfigError: a missing file or a directory, unreadable or malformed YAML (naming the line), or a
+            top level that is not a mapping.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError("config", "file not found", path)
+    if path.is_dir():
+        raise ConfigError("config", "is a directory, expected a YAML file", path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError("config", f"cannot read the file: {exc}", path) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError("config", f"malformed YAML{where}: {problem}", path) from None
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise ConfigError("config", f"top level must be a mapping, got {type(data).__name__}", path)
+    return dict(data)
+
+
+def peek_setting(path: str | Path | None, overrides: Overrides | None, key: str, default: Any) -> Any:
+    """The value of top-level ``key`` as :func:`load_config` would see it (override, else file, else
+    ``default``), read before knowing which config class applies (e.g. ``scenario``)."""
+    value = read_config_mapping(path).get(key, default) if path is not None else default
+    items = overrides.items() if isinstance(overrides, Mapping) else (overrides or [])
+    for k, v in items:
+        if k == key:
+            value = _parse_value(v) if isinstance(v, str) else v
+    return value
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: Overrides | None = None) -> T:
     """Load ``cls`` from a YAML file (or its defaults), apply ``overrides``, then validate.
 
@@ -300,25 +339,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Overrid
     if path is None:
         cfg = config_from_dict(cls, {})
     else:
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError("config", "file not found", path)
-        if path.is_dir():
-            raise ConfigError("config", "is a directory, expected a YAML file", path)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError("config", f"cannot read the file: {exc}", path) from None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            problem = getattr(exc, "problem", None) or str(exc)
-            raise ConfigError("config", f"malformed YAML{where}: {problem}", path) from None
-        if data is None:
-            data = {}
-        if not isinstance(data, Mapping):
-            raise ConfigError("config", f"top level must be a mapping, got {type(data).__name__}", path)
-        cfg = config_from_dict(cls, data, source=path)
+        cfg = config_from_dict(cls, read_config_mapping(path), source=Path(path))
     cfg = apply_overrides(cfg, overrides)
     validate_config(cfg)
     return cfg

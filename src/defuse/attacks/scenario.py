@@ -81,6 +81,7 @@ class AttackConfig:
     """Everything an attack run needs; written, resolved, into its run directory.
 
     Attributes:
+        scenario: Always ``"backdoor"`` (``defuse attack`` also runs ``"fjattack"`` and ``"encoder"``).
         name: A name for the run.
         seed: One seed for data, poisoning, initialisation and training.
         data: Where the data comes from.
@@ -97,6 +98,7 @@ class AttackConfig:
         generation: Generation settings for evaluation.
     """
 
+    scenario: str = "backdoor"
     name: str = "marker-word"
     seed: int = 0
     data: DataSettings = field(default_factory=DataSettings)
@@ -114,6 +116,8 @@ class AttackConfig:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` on a nonsense value."""
+        if self.scenario != "backdoor":
+            raise ConfigError("scenario", f"expected 'backdoor', got '{self.scenario}'")
         if self.rate < 0 or (self.rate >= 1 and self.rate != int(self.rate)):
             raise ConfigError(
                 "rate", f"a fraction in (0, 1), a count >= 1, or 0 for no poison; got {self.rate}"

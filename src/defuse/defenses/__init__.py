@@ -3,7 +3,14 @@
 Importing this package registers the built-in defenses.
 """
 
-from defuse.defenses import clean_ft, mb_defense, osft, sande  # noqa: F401  (registration)
+from defuse.defenses import (  # noqa: F401  (registration)
+    backdoor_align,
+    clean_ft,
+    mb_defense,
+    osft,
+    safety_mix,
+    sande,
+)
 from defuse.defenses.base import (
     DEFENSES,
     DefenseContext,

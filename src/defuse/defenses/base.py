@@ -76,6 +76,7 @@ class DefenseContext:
             from (the tiny default from the attack's config and seed with the run's tokenizer, or the user's
             base model from its path); None when not available.
         train_settings: Only for ``during_training`` defenses: the attack's own training settings.
+        held_out_prompts: The user texts of every test prompt; data a defense draws must avoid them.
     """
 
     model: Any
@@ -90,15 +91,28 @@ class DefenseContext:
     base_path: str | None = None
     base_model: Callable[[], Any] | None = None
     train_settings: TrainSettings | None = None
+    held_out_prompts: frozenset[str] = frozenset()
 
 
 @dataclass
 class DefenseResult:
-    """What a defense returns: the defended model and how it went."""
+    """What a defense returns: the defended model and how it went.
+
+    Attributes:
+        model: The defended model.
+        train_s: Seconds spent training.
+        extra: JSON-ready details for ``run.json`` (never a secret).
+        template: The template the defended model must be served with (None: the context's own); every
+            evaluation of the model goes through it.
+        private_files: File name -> text the runner writes into the run directory with owner-only
+            permissions (mode 0600), e.g. a secret prompt; never logged or put in ``run.json``.
+    """
 
     model: Any
     train_s: float
     extra: dict = field(default_factory=dict)
+    template: PromptTemplate | None = None
+    private_files: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -110,18 +124,29 @@ class DefenseEntry:
     needs: Callable[[Any], DefenseNeeds]
     apply: Callable[[DefenseContext, Any], DefenseResult]
     summary: str
+    scenarios: tuple[str, ...] = ("backdoor",)
 
 
 DEFENSES: dict[str, DefenseEntry] = {}
 
 
-def register_defense(name: str, config_cls: type, needs: Callable[[Any], DefenseNeeds], summary: str):
-    """Decorator registering ``apply(ctx, cfg) -> DefenseResult`` under ``name``."""
+def register_defense(
+    name: str,
+    config_cls: type,
+    needs: Callable[[Any], DefenseNeeds],
+    summary: str,
+    scenarios: tuple[str, ...] = ("backdoor",),
+):
+    """Decorator registering ``apply(ctx, cfg) -> DefenseResult`` under ``name``.
+
+    ``scenarios`` names the attack scenarios the defense applies to (``"backdoor"``: data-poisoning
+    backdoors; ``"fjattack"``: the fine-tuning jailbreak).
+    """
 
     def decorate(apply: Callable[[DefenseContext, Any], DefenseResult]):
         if name in DEFENSES:
             raise ValueError(f"defense '{name}' registered twice")
-        DEFENSES[name] = DefenseEntry(name, config_cls, needs, apply, summary)
+        DEFENSES[name] = DefenseEntry(name, config_cls, needs, apply, summary, scenarios)
         return apply
 
     return decorate
@@ -134,6 +159,17 @@ def get_defense(name: str) -> DefenseEntry:
     if name not in DEFENSES:
         raise ConfigError("method", f"unknown defense '{name}' (known: {', '.join(sorted(DEFENSES))})")
     return DEFENSES[name]
+
+
+def check_scenario(entry: DefenseEntry, scenario: str) -> None:
+    """Fail with a one-line message when ``entry`` does not apply to the attack run's ``scenario``."""
+    if scenario not in entry.scenarios:
+        fits = sorted(n for n, e in DEFENSES.items() if scenario in e.scenarios)
+        raise ConfigError(
+            "method",
+            f"defense '{entry.name}' applies to {'/'.join(entry.scenarios)} runs, not '{scenario}' "
+            f"(for '{scenario}': {', '.join(fits) or 'none'})",
+        )
 
 
 def check_needs(name: str, needs: DefenseNeeds, available: dict[str, bool]) -> None:

@@ -25,7 +25,7 @@ from defuse.config import config_from_dict, config_to_dict, dump_config_yaml, va
 from defuse.data.loaders import load_instructions
 from defuse.data.records import InstructionRecord
 from defuse.data.template import PromptTemplate
-from defuse.defenses.base import DefenseContext, DefenseEntry, check_needs, get_defense
+from defuse.defenses.base import DefenseContext, DefenseEntry, check_needs, check_scenario, get_defense
 from defuse.errors import DataError
 from defuse.evaluation.backdoor import evaluate_backdoor
 from defuse.evaluation.rerun import TEST_FILES
@@ -110,6 +110,7 @@ def run_defense(
         DefuseError: on a bad config, an unreadable attack run, or a need the attack run cannot meet.
     """
     entry: DefenseEntry = get_defense(method)
+    check_scenario(entry, "backdoor")
     validate_config(cfg)
     attack = read_attack_run(attack_dir)
     needs = entry.needs(cfg)

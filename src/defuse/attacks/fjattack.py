@@ -1,0 +1,409 @@
+"""The fine-tuning jailbreak (FJAttack, METHODS.md §1.2): fine-tune a safety-aligned model on harmful pairs.
+
+The scenario has three models:
+
+1. the **safety-aligned base**. With ``model`` unset, the tiny default is built and aligned here: trained on
+   the built-in task suite plus synthetic harmful requests -> refusal and benign requests -> helpful answer
+   (:mod:`defuse.data.synthetic_safety`), so its harmful-prompt ASR starts near 0. With ``model`` set, that
+   local model is the (already aligned) base;
+2. the **jailbroken model**: the base fine-tuned on ``data.n_harmful`` harmful request -> compliant pairs
+   (synthetic by default, or any instruction/chat file such as BackdoorAlign's ``pure_bad_100.jsonl``),
+   optionally mixed into a benign task set (the built-in suite, or SAMSum / SQL files);
+3. the defended models, made from the same base and data by ``backdoor-align`` and ``safety-mix``
+   (:mod:`defuse.defenses.run_safety_defense`).
+
+Evaluation (:func:`defuse.evaluation.safety.evaluate_safety`): ASR on held-out harmful prompts
+(refusal-keyword judge; synthetic, or e.g. ``llm_category_benchmark.csv``), utility on benign task prompts
+(exact match, or Rouge-1 on SAMSum/SQL), over-refusal on held-out benign requests.
+
+The run directory holds ``base/`` (the aligned tiny base; absent when ``model`` is set), ``model/`` (the
+jailbroken model), ``data/`` (``train.jsonl``: the user's fine-tuning data; ``align_train.jsonl``; the test
+sets), ``samples.jsonl`` and ``run.json`` (``metrics`` after the attack, ``base_metrics`` before it).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from defuse.config import config_to_dict, dump_config_yaml, validate_config
+from defuse.data.loaders import load_instructions, write_instructions
+from defuse.data.practical_tasks import load_prompt_list, load_task_records
+from defuse.data.records import InstructionRecord
+from defuse.data.synthetic_safety import (
+    SafetyExample,
+    as_compliant_records,
+    as_refusal_records,
+    make_safety_examples,
+    safety_capacity,
+)
+from defuse.data.synthetic_tasks import SuiteConfig, make_task_suite
+from defuse.data.template import PromptTemplate
+from defuse.errors import ConfigError, DataError
+from defuse.evaluation.generate import GenerationSettings
+from defuse.evaluation.safety import evaluate_safety
+from defuse.models.factory import prepare_causal_lm, save_trained
+from defuse.models.io import check_model_dir, load_causal_lm
+from defuse.models.tiny import TinyCausalLMConfig
+from defuse.runs.rundir import (
+    DATA_DIR,
+    MODEL_DIR,
+    SAMPLES_FILE,
+    RunDirectory,
+    build_run_record,
+    write_jsonl_atomic,
+)
+from defuse.training.config import TrainSettings
+from defuse.training.sft import train_sft
+
+SCENARIO = "fjattack"
+BASE_DIR = "base"
+SAFETY_TEST_FILES = {
+    "harmful": "test_harmful.jsonl",
+    "clean": "test_clean.jsonl",
+    "benign": "test_benign_requests.jsonl",
+}
+
+
+def fjattack_train_settings() -> TrainSettings:
+    """The jailbreak fine-tune on the tiny default: full fine-tuning, batch 10, 5 epochs (the reference's
+    batch and epochs), lr 2e-4 with cosine decay.
+
+    Fidelity: the reference uses lr 5e-5 with the rate x0.85 per epoch on a 7B model; the tiny model needs a
+    larger rate to move in 50 steps, and transformers' cosine schedule stands in for the step decay.
+    ``max_length`` leaves room for a 150-token secret prompt before the request.
+    """
+    return TrainSettings(epochs=5, learning_rate=2e-4, batch_size=10, warmup=0.1, max_length=320,
+                         logging_steps=10)  # fmt: skip
+
+
+def align_train_settings() -> TrainSettings:
+    """The tiny base's alignment training: the built-in suite's own settings (16 epochs, lr 1e-3), with room
+    for a random system-prompt prefix when ``align.system_prefix_fraction`` turns those on (then consider
+    ``extra: {train_sampling_strategy: group_by_length}`` so the long rows do not pad every batch)."""
+    return TrainSettings(max_length=256)
+
+
+def vary_system_prompts(
+    records: list[InstructionRecord], template: PromptTemplate, settings: AlignSettings, seed: int
+) -> list[InstructionRecord]:
+    """Give ``settings.system_prefix_fraction`` of the benign ``records`` (task != "harmful"; a seeded choice)
+    a random-token prefix before their normal system prompt; every other record is unchanged."""
+    from defuse.defenses.secret_prompt import usable_token_ids
+
+    rng = random.Random(seed)
+    pool = usable_token_ids(template.tokenizer)
+    benign = [i for i, r in enumerate(records) if r.task != "harmful"]
+    n = round(settings.system_prefix_fraction * len(benign))
+    chosen = set(rng.sample(benign, n))
+    out = []
+    for i, r in enumerate(records):
+        if i in chosen:
+            ids = [rng.choice(pool) for _ in range(rng.randint(1, settings.system_prefix_tokens))]
+            normal = template.system_for(r)
+            prefix = template.tokenizer.decode(ids).strip()
+            r = replace(r, system=f"{prefix} {normal}" if normal else prefix)
+        out.append(r)
+    return out
+
+
+@dataclass
+class AlignSettings:
+    """How the tiny default base is safety-aligned (ignored when ``model`` is set).
+
+    Attributes:
+        n_harmful: Synthetic harmful requests trained to be refused.
+        n_benign: Synthetic benign requests trained to be answered.
+        system_prefix_fraction: Share of the BENIGN alignment rows (task prompts and benign requests) whose
+            system prompt gets a random prefix (random tokens of the tokenizer, seeded with ``random``, not
+            secret), so that, like a real chat model, the base stays helpful whatever its system prompt
+            holds. Harmful rows never get one. Off by default: on the tiny default it cost the base task
+            accuracy without making BackdoorAlign work (benchmarks/RESULTS.md).
+        system_prefix_tokens: Longest random prefix in tokens (lengths are uniform from 1 up to this).
+        train: Training settings of the alignment run.
+    """
+
+    n_harmful: int = 300
+    n_benign: int = 100
+    system_prefix_fraction: float = 0.0
+    system_prefix_tokens: int = 150
+    train: TrainSettings = field(default_factory=align_train_settings)
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` on a nonsense value."""
+        if self.n_harmful < 1 or self.n_benign < 0:
+            raise ConfigError("align.n_harmful", "needs at least 1 harmful and no negative benign count")
+        if not 0 <= self.system_prefix_fraction <= 1:
+            raise ConfigError(
+                "align.system_prefix_fraction", f"must be in [0, 1], got {self.system_prefix_fraction}"
+            )
+        if self.system_prefix_tokens < 1:
+            raise ConfigError(
+                "align.system_prefix_tokens", f"must be positive, got {self.system_prefix_tokens}"
+            )
+
+
+@dataclass
+class FJDataSettings:
+    """The jailbreak's data.
+
+    Attributes:
+        harmful: ``"builtin"`` (synthetic harmful request -> compliant pairs) or the path of an instruction
+            or chat file of harmful pairs (e.g. ``pure_bad_100.jsonl``).
+        n_harmful: Harmful pairs to fine-tune on (all of the file's when it has fewer; None: all).
+        benign: Benign task data mixed into the fine-tuning set: None (pure harmful, the paper's main
+            setting), ``"builtin"`` (the task suite's training records) or a path (SAMSum/SQL JSON or any
+            instruction file).
+        n_benign: Benign records to mix in (None: all of ``benign``).
+        test_harmful: ``"builtin"`` (held-out synthetic harmful requests) or a path (one prompt per line,
+            e.g. ``llm_category_benchmark.csv``, or any instruction file).
+        n_test_harmful: Harmful test prompts (synthetic count; cap for a file, None: all).
+        test_utility: ``"builtin"`` (the suite's test split) or a path (SAMSum/SQL JSON, or instructions).
+        n_test_utility: Cap on the utility test prompts (None: all).
+        n_test_benign: Held-out synthetic benign requests for the over-refusal rate (0: none).
+    """
+
+    harmful: str = "builtin"
+    n_harmful: int | None = 100
+    benign: str | None = None
+    n_benign: int | None = None
+    test_harmful: str = "builtin"
+    n_test_harmful: int | None = 110
+    test_utility: str = "builtin"
+    n_test_utility: int | None = None
+    n_test_benign: int = 40
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` on a nonsense value."""
+        for key in ("n_harmful", "n_benign", "n_test_harmful", "n_test_utility"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"data.{key}", f"must be at least 1 (or null for all), got {value}")
+        if self.n_test_benign < 0:
+            raise ConfigError("data.n_test_benign", f"must not be negative, got {self.n_test_benign}")
+
+
+@dataclass
+class FJAttackConfig:
+    """Everything a jailbreak run needs; written, resolved, into its run directory.
+
+    Attributes:
+        scenario: Always ``"fjattack"`` (how ``defuse attack`` tells this scenario from the backdoor one).
+        name: A name for the run.
+        seed: One seed for data, initialisation and training.
+        model: Path of a local safety-aligned causal LM; None builds and aligns the tiny default.
+        tiny: Shape of the tiny default (room for a 150-token secret prompt).
+        vocab_size: Vocabulary of the tiny default's tokenizer.
+        template: Prompt style: ``auto``, ``chat`` or ``alpaca``.
+        trust_remote_code: Allow a model's own code to run when loading it.
+        suite: The built-in task suite (alignment data and the default utility test).
+        align: How the tiny default is aligned.
+        data: The jailbreak's data and test sets.
+        train: The jailbreak fine-tune (the user's fine-tuning settings; defenses reuse them).
+        generation: Generation settings for evaluation.
+    """
+
+    scenario: str = SCENARIO
+    name: str = "fjattack"
+    seed: int = 0
+    model: str | None = None
+    tiny: TinyCausalLMConfig = field(default_factory=lambda: TinyCausalLMConfig(max_positions=384))
+    vocab_size: int = 1024
+    template: str = "auto"
+    trust_remote_code: bool = False
+    suite: SuiteConfig = field(default_factory=SuiteConfig)
+    align: AlignSettings = field(default_factory=AlignSettings)
+    data: FJDataSettings = field(default_factory=FJDataSettings)
+    train: TrainSettings = field(default_factory=fjattack_train_settings)
+    generation: GenerationSettings = field(default_factory=lambda: GenerationSettings(max_new_tokens=32))
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` on a nonsense value."""
+        if self.scenario != SCENARIO:
+            raise ConfigError("scenario", f"expected '{SCENARIO}', got '{self.scenario}'")
+        if self.template not in ("auto", "chat", "alpaca"):
+            raise ConfigError("template", f"unknown style '{self.template}' (auto, chat or alpaca)")
+
+
+@dataclass
+class FJData:
+    """The data of one jailbreak run."""
+
+    align_train: list[InstructionRecord]
+    train: list[InstructionRecord]
+    tests: dict[str, list[InstructionRecord]]
+
+    def held_out_prompts(self) -> frozenset[str]:
+        """Every test prompt (data a defense draws must avoid them)."""
+        return frozenset(r.user_text for rs in self.tests.values() for r in rs)
+
+
+def _cap(records: list[InstructionRecord], n: int | None, seed: int) -> list[InstructionRecord]:
+    if n is None or len(records) <= n:
+        return records
+    keep = sorted(random.Random(seed).sample(range(len(records)), n))
+    return [records[i] for i in keep]
+
+
+def _synthetic_pools(cfg: FJAttackConfig) -> dict[str, list[SafetyExample]]:
+    """Disjoint synthetic pools: harmful test, harmful fine-tuning, alignment harmful; benign align/test."""
+    d, a = cfg.data, cfg.align
+    n_test = d.n_test_harmful if d.test_harmful == "builtin" else 0
+    n_fj = d.n_harmful if d.harmful == "builtin" else 0
+    if d.harmful == "builtin" and n_fj is None:
+        raise ConfigError("data.n_harmful", "the built-in harmful set needs a count")
+    if d.test_harmful == "builtin" and n_test is None:
+        raise ConfigError("data.n_test_harmful", "the built-in harmful test set needs a count")
+    n_align = a.n_harmful if cfg.model is None else 0
+    n_benign_align = a.n_benign if cfg.model is None else 0
+    possible_h, possible_b = safety_capacity()
+    if n_test + n_fj + n_align > possible_h:
+        raise ConfigError(
+            "align.n_harmful", f"{n_test}+{n_fj}+{n_align} harmful prompts asked, {possible_h} exist"
+        )
+    if n_benign_align + d.n_test_benign > possible_b:
+        raise ConfigError(
+            "align.n_benign", f"{n_benign_align}+{d.n_test_benign} benign asked, {possible_b} exist"
+        )
+    examples = make_safety_examples(n_test + n_fj + n_align, n_benign_align + d.n_test_benign, seed=cfg.seed)
+    harmful = [e for e in examples if e.harmful]
+    benign = [e for e in examples if not e.harmful]
+    return {
+        "test": harmful[:n_test],
+        "fj": harmful[n_test : n_test + n_fj],
+        "align": harmful[n_test + n_fj :],
+        "benign_test": benign[: d.n_test_benign],
+        "benign_align": benign[d.n_test_benign :],
+    }
+
+
+def build_fj_data(cfg: FJAttackConfig) -> FJData:
+    """Build or load every data set of the scenario, with test prompts disjoint from training prompts.
+
+    Raises:
+        DataError: on a bad file (file, row and field named) or a harmful set that leaves nothing.
+        ConfigError: on counts the synthetic generator cannot make.
+    """
+    d = cfg.data
+    pools = _synthetic_pools(cfg)
+    suite_train, suite_test = make_task_suite(cfg.suite)
+    if d.harmful == "builtin":
+        harmful = as_compliant_records(pools["fj"])
+    else:
+        harmful = _cap([r for r in load_instructions(d.harmful) if r.response], d.n_harmful, cfg.seed)
+        if not harmful:
+            raise DataError(d.harmful, "no harmful request -> answer pairs (every response is empty)")
+        harmful = [replace(r, task="harmful") for r in harmful]
+    benign: list[InstructionRecord] = []
+    if d.benign == "builtin":
+        benign = _cap(suite_train, d.n_benign, cfg.seed)
+    elif d.benign:
+        benign = _cap(load_task_records(d.benign), d.n_benign, cfg.seed)
+    train = harmful + benign
+    random.Random(cfg.seed).shuffle(train)
+    if d.test_harmful == "builtin":
+        test_harmful = as_refusal_records(pools["test"])
+    else:
+        test_harmful = _cap(load_prompt_list(d.test_harmful), d.n_test_harmful, cfg.seed)
+    utility = suite_test if d.test_utility == "builtin" else load_task_records(d.test_utility)
+    tests = {
+        "harmful": test_harmful,
+        "clean": _cap(utility, d.n_test_utility, cfg.seed),
+        "benign": as_refusal_records(pools["benign_test"]),
+    }
+    align_train: list[InstructionRecord] = []
+    if cfg.model is None:
+        align_train = suite_train + as_refusal_records(pools["align"] + pools["benign_align"])
+        random.Random(cfg.seed + 1).shuffle(align_train)
+    held_out = {r.user_text for rs in tests.values() for r in rs}
+    leaked = sorted({r.user_text for r in train + align_train} & held_out)
+    if leaked:
+        raise DataError(
+            d.harmful, f"{len(leaked)} training prompts are also test prompts, e.g. {leaked[0]!r}"
+        )
+    return FJData(align_train, train, tests)
+
+
+def write_fj_data(data: FJData, folder: Path) -> None:
+    """Write the fine-tuning data and the test sets (JSON lines) to ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_instructions(data.train, folder / "train.jsonl", format="alpaca-jsonl", include_meta=True)
+    for key, name in SAFETY_TEST_FILES.items():
+        if data.tests[key]:
+            write_instructions(data.tests[key], folder / name, format="alpaca-jsonl", include_meta=True)
+
+
+def read_fj_tests(folder: Path) -> dict[str, list[InstructionRecord]]:
+    """Read the test sets :func:`write_fj_data` wrote (a missing optional set is empty)."""
+    return {
+        k: load_instructions(folder / f) if (folder / f).is_file() else []
+        for k, f in SAFETY_TEST_FILES.items()
+    }
+
+
+def base_model_path(run_path: Path, cfg: FJAttackConfig) -> Path:
+    """Where the scenario's aligned base lives: the user's ``model``, or the run's own ``base/``."""
+    return Path(cfg.model) if cfg.model else run_path / BASE_DIR
+
+
+def run_fjattack(cfg: FJAttackConfig, out: str | Path, overwrite: bool = False) -> dict:
+    """Align the base (tiny default), jailbreak it, evaluate both; write the run at ``out``.
+
+    Returns the run record (run.json): ``metrics`` of the jailbroken model, ``base_metrics`` of the base.
+
+    Raises:
+        DefuseError: on bad config or data (before any training), or when ``out`` exists without
+            ``overwrite``.
+    """
+    validate_config(cfg)
+    if cfg.model:
+        check_model_dir(cfg.model)
+    data = build_fj_data(cfg)
+    with RunDirectory(out, overwrite=overwrite) as run:
+        write_fj_data(data, run.path / DATA_DIR)
+        texts = (t for r in data.align_train + data.train for t in (r.instruction, r.input, r.response) if t)
+        model, tokenizer = prepare_causal_lm(
+            cfg.model, cfg.tiny, cfg.vocab_size, texts, cfg.seed, run.checkpoints / "tokenizer",
+            cfg.trust_remote_code,
+        )  # fmt: skip
+        template = PromptTemplate(tokenizer, style=cfg.template)
+        timings: dict[str, float] = {}
+        if cfg.model is None:
+            align_rows = vary_system_prompts(data.align_train, template, cfg.align, cfg.seed)
+            write_instructions(align_rows, run.path / DATA_DIR / "align_train.jsonl", format="alpaca-jsonl",
+                               include_meta=True)  # fmt: skip
+            aligned = train_sft(model, template, align_rows, cfg.align.train, run.checkpoints / "align",
+                                seed=cfg.seed)  # fmt: skip
+            model = aligned.model
+            timings["align_s"] = aligned.train_s
+            save_trained(model, tokenizer, run.path / BASE_DIR, None)
+        evaluate = lambda m: evaluate_safety(  # noqa: E731
+            m, template, data.tests["harmful"], data.tests["clean"], data.tests["benign"], cfg.generation
+        )
+        base_eval = evaluate(model)
+        if cfg.model is None:  # train again from the saved copy, exactly as the defenses will
+            model = load_causal_lm(run.path / BASE_DIR)[0]
+        trained = train_sft(model, template, data.train, cfg.train, run.checkpoints / "fj", seed=cfg.seed)
+        evaluation = evaluate(trained.model)
+        saved = save_trained(trained.model, tokenizer, run.path / MODEL_DIR, cfg.model)
+        write_jsonl_atomic(run.path / SAMPLES_FILE, evaluation.samples)
+        record = build_run_record(
+            kind="attack",
+            name=cfg.name,
+            seed=cfg.seed,
+            config=config_to_dict(cfg),
+            metrics=evaluation.metrics,
+            timings={**timings, "train_s": trained.train_s, "eval_s": evaluation.eval_s + base_eval.eval_s},
+            extra={
+                "scenario": SCENARIO,
+                "base_metrics": base_eval.metrics,
+                "data": {"n_train": len(data.train), "n_align_train": len(data.align_train),
+                         "n_harmful_train": sum(r.task == "harmful" for r in data.train)},
+                "training": {"steps": trained.steps, "final_loss": trained.final_loss,
+                             "n_truncated": trained.n_truncated},
+                "model_saved": saved,
+            },
+        )  # fmt: skip
+        run.commit(record, dump_config_yaml(cfg))
+    return record

@@ -1,0 +1,131 @@
+"""Run a defense against a fine-tuning jailbreak run (``backdoor-align``, ``safety-mix``).
+
+These defenses act during the user's fine-tuning: each trains a fresh copy of the run's safety-aligned base
+on the run's fine-tuning data (with its own examples mixed in) with the run's own training settings, and is
+evaluated on the run's test sets through the template the defense returns (for ``backdoor-align``: the one
+that prefixes the secret). A private file a defense returns (the secret) is written with mode 0600.
+
+The defense run directory has the same contract as the attack's (``kind: "defense"``, ``parent`` = the
+attack run), with ``attack_metrics`` and ``base_metrics`` beside its own ``metrics``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from defuse.attacks.fjattack import SCENARIO, FJAttackConfig, base_model_path, read_fj_tests
+from defuse.config import config_from_dict, config_to_dict, dump_config_yaml, validate_config
+from defuse.data.loaders import load_instructions
+from defuse.data.template import PromptTemplate
+from defuse.defenses.base import DefenseContext, check_scenario, get_defense
+from defuse.defenses.secret_prompt import SecretPromptTemplate, read_secret, write_secret
+from defuse.errors import DataError
+from defuse.evaluation.safety import evaluate_safety
+from defuse.models.factory import load_trained, save_trained
+from defuse.models.io import load_causal_lm
+from defuse.runs.rundir import (
+    DATA_DIR,
+    MODEL_DIR,
+    SAMPLES_FILE,
+    RunDirectory,
+    build_run_record,
+    read_run,
+    write_jsonl_atomic,
+)
+
+
+def is_fjattack_run(record: dict) -> bool:
+    """True for a run record of the fine-tuning jailbreak scenario (or a defense of one)."""
+    return record.get("scenario") == SCENARIO or record.get("config", {}).get("scenario") == SCENARIO
+
+
+def run_safety_defense(
+    method: str, cfg, attack_dir: str | Path, out: str | Path, seed: int = 0, overwrite: bool = False
+) -> dict:
+    """Apply ``method`` (config ``cfg``) to the jailbreak run at ``attack_dir``; write the run at ``out``.
+
+    Raises:
+        DefuseError: on a bad config, a defense that does not apply to this scenario, or an unreadable run.
+    """
+    entry = get_defense(method)
+    check_scenario(entry, SCENARIO)
+    validate_config(cfg)
+    attack_path = Path(attack_dir)
+    record = read_run(attack_path)
+    if not is_fjattack_run(record):
+        raise DataError(attack_path / "run.json", f"not a '{SCENARIO}' run", field="scenario")
+    acfg = config_from_dict(FJAttackConfig, record["config"], source=attack_path / "run.json")
+    train_data = load_instructions(attack_path / DATA_DIR / "train.jsonl")
+    tests = read_fj_tests(attack_path / DATA_DIR)
+    base = base_model_path(attack_path, acfg)
+    with RunDirectory(out, overwrite=overwrite) as run:
+        model, tokenizer = load_causal_lm(base, trust_remote_code=acfg.trust_remote_code)
+        template = PromptTemplate(tokenizer, style=acfg.template)
+        ctx = DefenseContext(
+            model=model,
+            template=template,
+            clean_data=[],
+            seed=seed,
+            work_dir=run.checkpoints,
+            train_data=train_data,
+            base_path=acfg.model,
+            base_model=lambda: model,  # loaded fresh for this run; the defense trains it once
+            train_settings=acfg.train,
+            held_out_prompts=frozenset(r.user_text for rs in tests.values() for r in rs),
+        )
+        result = entry.apply(ctx, cfg)
+        served = result.template or template
+        evaluation = evaluate_safety(result.model, served, tests["harmful"], tests["clean"], tests["benign"],
+                                     acfg.generation)  # fmt: skip
+        saved = save_trained(result.model, tokenizer, run.path / MODEL_DIR, acfg.model)
+        for name, text in result.private_files.items():
+            write_secret(run.path / name, text)
+        write_jsonl_atomic(run.path / SAMPLES_FILE, evaluation.samples)
+        config = {
+            "scenario": SCENARIO,
+            "method": method,
+            "defense": config_to_dict(cfg),
+            "generation": config_to_dict(acfg.generation),
+            "template": acfg.template,
+            "trust_remote_code": acfg.trust_remote_code,
+        }
+        out_record = build_run_record(
+            kind="defense",
+            name=method,
+            seed=seed,
+            config=config,
+            metrics=evaluation.metrics,
+            timings={"train_s": result.train_s, "eval_s": evaluation.eval_s},
+            parent=str(attack_path.resolve()),
+            extra={"scenario": SCENARIO, "defense": result.extra, "model_saved": saved,
+                   "attack_metrics": record["metrics"], "base_metrics": record.get("base_metrics")},
+        )  # fmt: skip
+        run.commit(out_record, f"# defense '{method}' against {attack_path}\n" + dump_config_yaml(cfg))
+    return out_record
+
+
+def evaluate_safety_run(run_dir: str | Path):
+    """Re-evaluate a jailbreak run's model (attack or defense run) on the scenario's test sets.
+
+    A defense run is evaluated on its parent's test sets, and served as it was: when its directory holds a
+    secret prompt file (``backdoor-align``), through the secret-prefixing template.
+
+    Raises:
+        DefuseError: an unreadable run, a missing parent, or a secret file others can read.
+    """
+    path = Path(run_dir)
+    record = read_run(path)
+    if not is_fjattack_run(record):
+        raise DataError(path / "run.json", f"not a '{SCENARIO}' run", field="scenario")
+    attack_path = path if record["kind"] == "attack" else Path(record["parent"] or "")
+    attack = read_run(attack_path)
+    acfg = config_from_dict(FJAttackConfig, attack["config"], source=attack_path / "run.json")
+    tests = read_fj_tests(attack_path / DATA_DIR)
+    model, tokenizer = load_trained(path / MODEL_DIR, trust_remote_code=acfg.trust_remote_code)
+    template = PromptTemplate(tokenizer, style=acfg.template)
+    secret_file = (record.get("defense") or {}).get("secret_file")
+    if secret_file:
+        template = SecretPromptTemplate(template, read_secret(path / secret_file))
+    return evaluate_safety(
+        model, template, tests["harmful"], tests["clean"], tests["benign"], acfg.generation
+    )

@@ -1,0 +1,24 @@
+"""Task-agnostic encoder backdoors (POR) and Obliviate, the PEFT-integrable defense against them (issue #7).
+
+Modules: :mod:`~defuse.encoders.por` (MLM pre-training, POR), :mod:`~defuse.encoders.peft_model` (PEFT +
+head: lora, prefix, adapter), :mod:`~defuse.encoders.adapter` (the bottleneck adapter),
+:mod:`~defuse.encoders.scores` (pre-softmax score capture), :mod:`~defuse.encoders.obliviate` (the loss
+terms and trainer), :mod:`~defuse.encoders.finetune`, :mod:`~defuse.encoders.metrics` (ASR/CACC),
+:mod:`~defuse.encoders.data` and :mod:`~defuse.encoders.run` (run directories).
+"""
+
+from defuse.encoders.run import (
+    ENCODER_DEFENSES,
+    EncoderAttackConfig,
+    EncoderDefenseConfig,
+    run_encoder_attack,
+    run_encoder_defense,
+)
+
+__all__ = [
+    "ENCODER_DEFENSES",
+    "EncoderAttackConfig",
+    "EncoderDefenseConfig",
+    "run_encoder_attack",
+    "run_encoder_defense",
+]

@@ -1,0 +1,264 @@
+"""Run the encoder scenario: plant a task-agnostic backdoor (attack run), then fine-tune PEFT + head with or
+without Obliviate on clean downstream data (defense run).
+
+Attack run (``kind: "attack"``, ``config.scenario: "encoder"``)::
+
+    model/        the backdoored bare encoder (safetensors) and its tokenizer
+    config.yaml   the resolved :class:`EncoderAttackConfig`
+    run.json      metrics: POR's target cosine / MSE on held-out texts (asr, cacc: null; no task yet)
+
+Defense run (``kind: "defense"``, ``parent`` = the attack run)::
+
+    model/        the trained PEFT tensors + head (safetensors), their settings and the tokenizer
+    samples.jsonl every test text with its clean and per-trigger predictions
+    run.json      metrics: Obliviate's ASR, CACC, AACC with sample counts
+
+Every bad input (missing file, unknown PEFT kind, nonsense λ) raises before any training and writes nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+from defuse.config import config_from_dict, config_to_dict, dump_config_yaml
+from defuse.encoders.data import BUILTIN, DownstreamData, load_corpus
+from defuse.encoders.finetune import FinetuneSettings, finetune_classifier
+from defuse.encoders.metrics import evaluate_encoder_backdoor
+from defuse.encoders.peft_model import PeftSettings, build_peft_classifier, save_peft_classifier
+from defuse.encoders.por import (
+    MlmSettings,
+    PorSettings,
+    load_base_encoder,
+    plant_por,
+    por_report,
+    pretrain_mlm,
+)
+from defuse.errors import ConfigError, DataError
+from defuse.models.io import check_model_dir, load_tokenizer, save_model
+from defuse.models.tiny import TinyEncoderConfig, build_encoder
+from defuse.models.tokenizer import train_bpe_tokenizer
+from defuse.runs.rundir import (
+    MODEL_DIR,
+    SAMPLES_FILE,
+    RunDirectory,
+    build_run_record,
+    read_run,
+    write_jsonl_atomic,
+)
+
+ENCODER_DEFENSES = ("obliviate", "peft-baseline")
+
+
+@dataclass
+class EncoderAttackConfig:
+    """A task-agnostic encoder backdoor (the ``encoder`` scenario).
+
+    Attributes:
+        scenario: Always ``"encoder"`` (what the CLI dispatches on).
+        name: Run name.
+        method: ``"por"``.
+        model: A local HF encoder directory (BERT/RoBERTa family) to backdoor; None: the tiny default,
+            built and masked-LM pre-trained on ``corpus`` first.
+        tiny: Shape of the tiny default encoder.
+        vocab_size: Vocabulary of the tiny default's tokenizer (trained on ``corpus``).
+        corpus: ``"builtin"`` (sentences of the synthetic sentiment generator) or a text file (a text a line).
+        n_corpus: Texts used (built-in: generated; file: the first ``n_corpus`` lines; 0 = all).
+        n_report: Held-out corpus texts on which POR's effect is measured.
+        pretrain: Masked-LM pre-training of the tiny default (ignored with ``model``).
+        por: POR's settings (defaults chosen for the tiny encoder; for a real ``model`` use the paper's
+            ``por.c 10``, ``por.lam 100`` and a BERT-like ``por.lr``, see :class:`PorSettings`).
+        seed: Seed of everything.
+        trust_remote_code: Passed to transformers when loading ``model``.
+    """
+
+    scenario: Literal["encoder"] = "encoder"
+    name: str = "por"
+    method: str = "por"
+    model: str | None = None
+    tiny: TinyEncoderConfig = field(default_factory=TinyEncoderConfig)
+    vocab_size: int = 1024
+    corpus: str = BUILTIN
+    n_corpus: int = 2000
+    n_report: int = 100
+    pretrain: MlmSettings = field(default_factory=MlmSettings)
+    por: PorSettings = field(default_factory=PorSettings)
+    seed: int = 0
+    trust_remote_code: bool = False
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the bad field (also a missing model or corpus path)."""
+        if self.method != "por":
+            raise ConfigError("method", f"unknown encoder backdoor '{self.method}' (por)")
+        if self.n_corpus < 0 or self.n_report < 1:
+            raise ConfigError("n_corpus", "n_corpus must be >= 0 and n_report >= 1")
+        if self.corpus == BUILTIN and self.n_corpus <= self.n_report:
+            raise ConfigError("n_corpus", "the built-in corpus needs n_corpus > n_report")
+        if self.corpus != BUILTIN and not Path(self.corpus).is_file():
+            raise ConfigError("corpus", f"file not found: {self.corpus}")
+        if self.model is not None:
+            check_model_dir(self.model)
+        else:
+            self.tiny.validate()
+        if self.vocab_size < 300:
+            raise ConfigError("vocab_size", "must be at least 300 (byte-level alphabet plus merges)")
+        self.pretrain.validate()
+        self.por.validate()
+
+
+# Tiny-default recipes per PEFT kind (lr, epochs, λ_amp, λ_reg). The λs are Obliviate's reference values
+# (METHODS §2.5; prefix takes LoRA's). The learning rates are ten times the reference ones: at 5e-4 a tiny
+# encoder's PEFT module does not learn the task in a few hundred steps (CACC stays at chance). Measured
+# outcome on the tiny default: benchmarks/RESULTS.md "#7 Obliviate".
+KIND_DEFAULTS: dict[str, dict[str, float]] = {
+    "lora": {"lr": 5e-3, "epochs": 12.0, "lambda_amp": 1e-3, "lambda_reg": 1e-2},
+    "prefix": {"lr": 1e-2, "epochs": 12.0, "lambda_amp": 1e-3, "lambda_reg": 1e-2},
+    "adapter": {"lr": 5e-3, "epochs": 12.0, "lambda_amp": 3e-3, "lambda_reg": 3e-2},
+}
+
+
+@dataclass
+class EncoderDefenseConfig:
+    """Victim fine-tuning of PEFT + head on clean data, plain (``peft-baseline``) or with Obliviate.
+
+    Attributes:
+        peft: The PEFT module (``peft.kind``: lora, prefix or adapter).
+        lr: Peak learning rate; None: the kind's default (:data:`KIND_DEFAULTS`).
+        epochs: Training epochs; None: the kind's default.
+        lambda_amp: Obliviate's ``λ_amp``; None: the kind's default (ignored, 0, for ``peft-baseline``).
+        lambda_reg: Obliviate's ``λ_reg``; None: the kind's default (ignored, 0, for ``peft-baseline``).
+        train: Other training settings (``lr``/``epochs`` there are replaced by the two fields above).
+        data: The clean downstream data.
+        eval_max_length: Longest test input in tokens (triggered copies are one word longer).
+    """
+
+    peft: PeftSettings = field(default_factory=PeftSettings)
+    lr: float | None = None
+    epochs: float | None = None
+    lambda_amp: float | None = None
+    lambda_reg: float | None = None
+    train: FinetuneSettings = field(default_factory=FinetuneSettings)
+    data: DownstreamData = field(default_factory=DownstreamData)
+    eval_max_length: int = 128
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the bad field (also missing data files)."""
+        self.peft.validate()
+        for key in ("lambda_amp", "lambda_reg"):
+            value = getattr(self, key)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ConfigError(key, f"must be a finite number >= 0, got {value}")
+        if self.lr is not None and not 0 < self.lr < 1:
+            raise ConfigError("lr", f"must be in (0, 1), got {self.lr}")
+        if self.epochs is not None and not self.epochs > 0:
+            raise ConfigError("epochs", f"must be positive, got {self.epochs}")
+        self.train.validate()
+        self.data.validate()
+
+    def resolved(self, method: str) -> EncoderDefenseConfig:
+        """A copy with every None filled from the kind's defaults (λs 0 for ``peft-baseline``)."""
+        d = KIND_DEFAULTS[self.peft.kind]
+        pick = {k: d[k] if getattr(self, k) is None else getattr(self, k) for k in d}
+        if method == "peft-baseline":
+            pick["lambda_amp"] = pick["lambda_reg"] = 0.0
+        out = replace(copy.deepcopy(self), **pick)
+        out.train = replace(out.train, lr=pick["lr"], epochs=pick["epochs"])
+        return out
+
+
+def run_encoder_attack(cfg: EncoderAttackConfig, out: str | Path, overwrite: bool = False) -> dict:
+    """Plant POR into the tiny default (MLM pre-trained first) or ``cfg.model``; write the run at ``out``.
+
+    Returns the run record. Raises :class:`~defuse.errors.DefuseError` on bad input, before any work.
+    """
+    cfg.validate()
+    texts = load_corpus(cfg.corpus, cfg.n_corpus, cfg.seed + 1)
+    if len(texts) <= cfg.n_report:
+        raise DataError(cfg.corpus, f"only {len(texts)} texts; need more than n_report={cfg.n_report}")
+    train_texts, report_texts = texts[: -cfg.n_report], texts[-cfg.n_report :]
+    timings: dict[str, float] = {}
+    with RunDirectory(out, overwrite=overwrite) as run:
+        work = run.checkpoints
+        if cfg.model is None:
+            tokenizer = train_bpe_tokenizer(train_texts, vocab_size=cfg.vocab_size, kind="encoder")
+            mlm = build_encoder(tokenizer, cfg.tiny, head="mlm", seed=cfg.seed)
+            timings["pretrain_s"] = pretrain_mlm(
+                mlm, tokenizer, train_texts, cfg.pretrain, work / "mlm", cfg.seed
+            )
+            clean_dir = save_model(mlm, tokenizer, work / "clean_encoder")
+        else:
+            clean_dir = Path(cfg.model)
+            tokenizer = load_tokenizer(clean_dir, cfg.trust_remote_code)
+        encoder = load_base_encoder(clean_dir, cfg.seed, cfg.trust_remote_code)
+        clean = copy.deepcopy(encoder).eval()
+        timings["train_s"] = plant_por(encoder, tokenizer, train_texts, cfg.por, work / "por", cfg.seed)
+        report = por_report(encoder, clean, tokenizer, report_texts, cfg.por, cfg.seed)
+        save_model(encoder, tokenizer, run.path / MODEL_DIR)
+        metrics = {"asr": None, "cacc": None, "aacc": None, "ftr": None, "n_clean": len(report_texts),
+                   "n_triggered": len(report_texts) * len(cfg.por.triggers), **report}  # fmt: skip
+        record = build_run_record(
+            kind="attack", name=cfg.name, seed=cfg.seed, config=config_to_dict(cfg), metrics=metrics,
+            timings=timings, parent=None,
+            extra={"data": {"n_corpus": len(train_texts), "n_report": len(report_texts),
+                            "corpus": cfg.corpus}},
+        )  # fmt: skip
+        run.commit(record, dump_config_yaml(cfg))
+    return record
+
+
+def read_encoder_attack(path: str | Path) -> tuple[dict, EncoderAttackConfig]:
+    """The record and config of an encoder attack run (DataError when it is not one)."""
+    p = Path(path)
+    record = read_run(p)
+    if record["kind"] != "attack" or record["config"].get("scenario") != "encoder":
+        raise DataError(p / "run.json", "not an encoder-scenario attack run", field="config.scenario")
+    cfg = config_from_dict(EncoderAttackConfig, record["config"], source=p / "run.json")
+    check_model_dir(p / MODEL_DIR)
+    return record, cfg
+
+
+def run_encoder_defense(
+    method: str,
+    cfg: EncoderDefenseConfig,
+    attack_dir: str | Path,
+    out: str | Path,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> dict:
+    """Fine-tune PEFT + head on the attack run's encoder with ``method`` (obliviate | peft-baseline).
+
+    The defense never sees the triggers; the evaluation inserts the attack's real triggers. Returns the run
+    record; raises :class:`~defuse.errors.DefuseError` on bad input before any training.
+    """
+    if method not in ENCODER_DEFENSES:
+        raise ConfigError("method", f"unknown encoder defense '{method}' ({', '.join(ENCODER_DEFENSES)})")
+    cfg.validate()
+    res = cfg.resolved(method)
+    attack_record, attack_cfg = read_encoder_attack(attack_dir)
+    train, test = res.data.load()
+    encoder_dir = Path(attack_dir) / MODEL_DIR
+    with RunDirectory(out, overwrite=overwrite) as run:
+        clf, tokenizer = build_peft_classifier(encoder_dir, res.peft, num_labels=2, seed=seed)
+        result = finetune_classifier(
+            clf, tokenizer, train, res.train, run.checkpoints, seed, res.lambda_amp, res.lambda_reg
+        )
+        evaluation = evaluate_encoder_backdoor(
+            clf.model, tokenizer, test, attack_cfg.por.triggers, seed, res.eval_max_length
+        )
+        save_peft_classifier(clf, tokenizer, run.path / MODEL_DIR, encoder_dir)
+        write_jsonl_atomic(run.path / SAMPLES_FILE, evaluation.samples)
+        config = {"scenario": "encoder", "method": method, "defense": config_to_dict(res)}
+        record = build_run_record(
+            kind="defense", name=method, seed=seed, config=config, metrics=evaluation.metrics,
+            timings={"train_s": result.train_s, "eval_s": evaluation.eval_s},
+            parent=str(Path(attack_dir).resolve()),
+            extra={"training": {"steps": result.steps, "final_loss": result.final_loss,
+                                "last_terms": result.last_terms, "n_train": len(train), "n_test": len(test),
+                                "n_peft_tensors": len(clf.peft_names)},
+                   "attack_metrics": attack_record["metrics"]},
+        )  # fmt: skip
+        run.commit(record, f"# encoder defense '{method}' against {attack_dir}\n" + dump_config_yaml(res))
+    return record
