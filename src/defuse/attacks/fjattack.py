@@ -27,6 +27,7 @@ import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from defuse.attacks.scenario import sample_records
 from defuse.config import config_to_dict, dump_config_yaml, validate_config
 from defuse.data.loaders import load_instructions, write_instructions
 from defuse.data.practical_tasks import load_prompt_list, load_task_records
@@ -239,13 +240,6 @@ class FJData:
         return frozenset(r.user_text for rs in self.tests.values() for r in rs)
 
 
-def _cap(records: list[InstructionRecord], n: int | None, seed: int) -> list[InstructionRecord]:
-    if n is None or len(records) <= n:
-        return records
-    keep = sorted(random.Random(seed).sample(range(len(records)), n))
-    return [records[i] for i in keep]
-
-
 def _synthetic_pools(cfg: FJAttackConfig) -> dict[str, list[SafetyExample]]:
     """Disjoint synthetic pools: harmful test, harmful fine-tuning, alignment harmful; benign align/test."""
     d, a = cfg.data, cfg.align
@@ -291,25 +285,26 @@ def build_fj_data(cfg: FJAttackConfig) -> FJData:
     if d.harmful == "builtin":
         harmful = as_compliant_records(pools["fj"])
     else:
-        harmful = _cap([r for r in load_instructions(d.harmful) if r.response], d.n_harmful, cfg.seed)
+        pairs = [r for r in load_instructions(d.harmful) if r.response]
+        harmful = sample_records(pairs, d.n_harmful, cfg.seed)
         if not harmful:
             raise DataError(d.harmful, "no harmful request -> answer pairs (every response is empty)")
         harmful = [replace(r, task="harmful") for r in harmful]
     benign: list[InstructionRecord] = []
     if d.benign == "builtin":
-        benign = _cap(suite_train, d.n_benign, cfg.seed)
+        benign = sample_records(suite_train, d.n_benign, cfg.seed)
     elif d.benign:
-        benign = _cap(load_task_records(d.benign), d.n_benign, cfg.seed)
+        benign = sample_records(load_task_records(d.benign), d.n_benign, cfg.seed)
     train = harmful + benign
     random.Random(cfg.seed).shuffle(train)
     if d.test_harmful == "builtin":
         test_harmful = as_refusal_records(pools["test"])
     else:
-        test_harmful = _cap(load_prompt_list(d.test_harmful), d.n_test_harmful, cfg.seed)
+        test_harmful = sample_records(load_prompt_list(d.test_harmful), d.n_test_harmful, cfg.seed)
     utility = suite_test if d.test_utility == "builtin" else load_task_records(d.test_utility)
     tests = {
         "harmful": test_harmful,
-        "clean": _cap(utility, d.n_test_utility, cfg.seed),
+        "clean": sample_records(utility, d.n_test_utility, cfg.seed),
         "benign": as_refusal_records(pools["benign_test"]),
     }
     align_train: list[InstructionRecord] = []

@@ -143,7 +143,8 @@ def rate_value(rate: float) -> float | int:
     return int(rate) if rate >= 1 else float(rate)
 
 
-def _sample(records: list[InstructionRecord], limit: int | None, seed: int) -> list[InstructionRecord]:
+def sample_records(records: list[InstructionRecord], limit: int | None, seed: int) -> list[InstructionRecord]:
+    """At most ``limit`` of ``records`` (a seeded draw, kept in order); all of them when ``limit`` is None."""
     if limit is None or len(records) <= limit:
         return records
     keep = sorted(random.Random(seed).sample(range(len(records)), limit))
@@ -184,18 +185,18 @@ def build_attack_data(cfg: AttackConfig) -> AttackData:
         else:
             size = d.test_size if d.test_size < 1 else int(d.test_size)
             train, clean_test = split_disjoint(records, size, cfg.seed, key=lambda r: r.user_text)
-    train = _sample(train, d.max_train, cfg.seed)
+    train = sample_records(train, d.max_train, cfg.seed)
     poison = None
     if d.poison and cfg.rate > 0:
         poison = poison_dataset(train, cfg.trigger, cfg.behaviour, rate_value(cfg.rate), seed=cfg.seed)
         train = poison.records
     for extra in d.extra_train:
-        train = train + _sample(_load(extra, cfg), d.max_train, cfg.seed)
-    clean_test = _sample(clean_test, d.max_test, cfg.seed)
+        train = train + sample_records(_load(extra, cfg), d.max_train, cfg.seed)
+    clean_test = sample_records(clean_test, d.max_test, cfg.seed)
     if d.test_triggered:
         loaded = _load(d.test_triggered, cfg)
         require_trigger(loaded, cfg.trigger, path=d.test_triggered)  # a triggered set without it is an error
-        triggered = _sample(loaded, d.max_test, cfg.seed)
+        triggered = sample_records(loaded, d.max_test, cfg.seed)
         triggered = [
             replace(r, poisoned=True, trigger=cfg.trigger.describe(), behaviour=cfg.behaviour.kind)
             for r in triggered
