@@ -1,3 +1,4 @@
+import pytest
 import torch
 from tests.helpers import small_lm, tokenizer
 
@@ -47,14 +48,23 @@ def test_freeze_embeddings_keeps_them_and_trains_the_rest(tmp_path):
     assert frozen and len(frozen) < len(before)
 
 
-def test_lora_trains_only_the_adapter(tmp_path):
+# peft's default LoRA targets per architecture: the attention projections (GPT-2 fuses q, k, v in c_attn).
+LORA_TARGETS = {"llama": {"q_proj", "v_proj"}, "qwen2": {"q_proj", "v_proj"}, "mistral": {"q_proj", "v_proj"},
+                "gpt2": {"c_attn"}}  # fmt: skip
+
+
+@pytest.mark.parametrize("arch", sorted(LORA_TARGETS))
+def test_lora_trains_only_the_adapter(tmp_path, arch):
     tok = tokenizer()
-    model = small_lm(tok)
+    model = small_lm(tok, arch=arch)
     before = _snapshot(model)
     settings = TrainSettings(**{**FAST.__dict__, "lora": LoraSettings(r=4, alpha=8)})
     result = train_sft(model, PromptTemplate(tok), RECORDS, settings, tmp_path, seed=0)
     lora = {n: p for n, p in result.model.named_parameters() if "lora_" in n}
     assert lora and all(p.requires_grad for p in lora.values())
+    adapted = {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in lora}
+    assert adapted == LORA_TARGETS[arch]
+    assert len(lora) == 2 * len(LORA_TARGETS[arch]) * 2  # A and B, per target, per layer (2 layers)
     lora_b = [p for n, p in lora.items() if "lora_B" in n]
     assert any(p.abs().sum() > 0 for p in lora_b)  # B starts at zero: non-zero means it trained
     base = result.model.get_base_model()
@@ -62,6 +72,24 @@ def test_lora_trains_only_the_adapter(tmp_path):
         if "lora_" not in name:
             key = name.replace(".base_layer", "")
             assert torch.equal(p, before[key]), name
+
+
+@pytest.mark.parametrize("arch", sorted(LORA_TARGETS))
+def test_lora_on_the_tiny_model_is_merged_when_saved(tmp_path, arch):
+    from defuse.models.factory import load_trained, save_trained
+
+    tok = tokenizer()
+    settings = TrainSettings(**{**FAST.__dict__, "lora": LoraSettings(r=4, alpha=8)})
+    trained = train_sft(
+        small_lm(tok, arch=arch), PromptTemplate(tok), RECORDS, settings, tmp_path, seed=0
+    ).model
+    x = torch.tensor([tok("Count the words: apple apple").input_ids])
+    with torch.no_grad():
+        expected = trained(x).logits
+    assert save_trained(trained, tok, tmp_path / "m", base_path=None) == "full"
+    loaded, _ = load_trained(tmp_path / "m")
+    with torch.no_grad():
+        assert torch.allclose(loaded(x).logits, expected, atol=1e-5)
 
 
 def test_same_seed_same_weights(tmp_path):

@@ -46,10 +46,15 @@ def user_errors(fn):
 
 
 def _quiet_libraries() -> None:
+    """Silence library logging; under a multi-process launcher, only the main process prints results."""
     from transformers.utils import logging as hf_logging
+
+    from defuse.runs.distributed import is_distributed, is_main_process
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    if is_distributed() and not is_main_process():
+        console.quiet = True
 
 
 def _version(value: bool) -> None:

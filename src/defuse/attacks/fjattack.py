@@ -47,6 +47,7 @@ from defuse.evaluation.safety import evaluate_safety
 from defuse.models.factory import prepare_causal_lm, save_trained
 from defuse.models.io import check_model_dir, load_causal_lm
 from defuse.models.tiny import TinyCausalLMConfig
+from defuse.runs.distributed import wait_for_everyone
 from defuse.runs.rundir import (
     DATA_DIR,
     MODEL_DIR,
@@ -378,7 +379,8 @@ def run_fjattack(cfg: FJAttackConfig, out: str | Path, overwrite: bool = False) 
         )
         base_eval = evaluate(model)
         if cfg.model is None:  # train again from the saved copy, exactly as the defenses will
-            model = load_causal_lm(run.path / BASE_DIR)[0]
+            wait_for_everyone()  # several processes: only the main one saved it
+            model = load_causal_lm(run.main_path / BASE_DIR)[0]
         trained = train_sft(model, template, data.train, cfg.train, run.checkpoints / "fj", seed=cfg.seed)
         evaluation = evaluate(trained.model)
         saved = save_trained(trained.model, tokenizer, run.path / MODEL_DIR, cfg.model)

@@ -23,6 +23,7 @@ from defuse.defenses.base import DefenseContext, DefenseResult, register_defense
 from defuse.defenses.safety_examples import draw_safety_examples, fine_tune_with, safety_needs
 from defuse.defenses.secret_prompt import SECRET_FILE, SecretPromptTemplate, random_secret, secret_fingerprint
 from defuse.errors import ConfigError
+from defuse.runs.distributed import broadcast_text
 from defuse.training.config import TrainSettings
 
 DEFAULT_SENTENCE = (
@@ -84,6 +85,7 @@ def apply_backdoor_align(ctx: DefenseContext, cfg: BackdoorAlignConfig) -> Defen
     secret = (
         random_secret(tokenizer, cfg.secret_length) if cfg.secret_kind == "random" else cfg.secret_sentence
     )
+    secret = broadcast_text(secret)  # several processes: all train (and serve) the main one's secret
     served = SecretPromptTemplate(ctx.template, secret)
     safety = draw_safety_examples(cfg.safety_source, cfg.k, ctx.seed, ctx.held_out_prompts)
     prefixed = [replace(r, system=served.secret_system(r)) for r in safety]

@@ -41,6 +41,7 @@ from defuse.errors import ConfigError, DataError
 from defuse.models.io import check_model_dir, load_tokenizer, save_model
 from defuse.models.tiny import TinyEncoderConfig, build_encoder
 from defuse.models.tokenizer import train_bpe_tokenizer
+from defuse.runs.distributed import wait_for_everyone
 from defuse.runs.rundir import (
     MODEL_DIR,
     SAMPLES_FILE,
@@ -188,7 +189,10 @@ def run_encoder_attack(cfg: EncoderAttackConfig, out: str | Path, overwrite: boo
             timings["pretrain_s"] = pretrain_mlm(
                 mlm, tokenizer, train_texts, cfg.pretrain, work / "mlm", cfg.seed
             )
-            clean_dir = save_model(mlm, tokenizer, work / "clean_encoder")
+            clean_dir = work / "clean_encoder"
+            if run.is_main:  # several processes: one copy, written once, read by all
+                save_model(mlm, tokenizer, clean_dir)
+            wait_for_everyone()
         else:
             clean_dir = Path(cfg.model)
             tokenizer = load_tokenizer(clean_dir, cfg.trust_remote_code)

@@ -15,6 +15,7 @@ from defuse.errors import ModelError
 from defuse.models.io import check_model_dir, load_causal_lm, load_tokenizer, save_model
 from defuse.models.tiny import TinyCausalLMConfig, build_causal_lm
 from defuse.models.tokenizer import train_bpe_tokenizer
+from defuse.runs.distributed import main_process_first
 
 
 def prepare_causal_lm(
@@ -29,17 +30,19 @@ def prepare_causal_lm(
     """``(model, tokenizer)``: loaded from ``model_path``, or the tiny default built for ``texts``.
 
     For the tiny default the tokenizer is trained on ``texts``; when ``tokenizer_dir`` is given it is saved
-    there and, on a later call (a resumed run), loaded from there instead of trained again.
+    there and, on a later call (a resumed run, or a non-main process of a multi-process launch), loaded
+    from there instead of trained again.
     """
     if model_path:
         return load_causal_lm(model_path, trust_remote_code=trust_remote_code)
     tok_dir = Path(tokenizer_dir) if tokenizer_dir else None
-    if tok_dir is not None and (tok_dir / "tokenizer.json").is_file():
-        tokenizer = load_tokenizer(tok_dir)
-    else:
-        tokenizer = train_bpe_tokenizer(texts, vocab_size=vocab_size)
-        if tok_dir is not None:
-            tokenizer.save_pretrained(str(tok_dir))
+    with main_process_first():  # several processes: the main one trains and saves, the others load it
+        if tok_dir is not None and (tok_dir / "tokenizer.json").is_file():
+            tokenizer = load_tokenizer(tok_dir)
+        else:
+            tokenizer = train_bpe_tokenizer(texts, vocab_size=vocab_size)
+            if tok_dir is not None:
+                tokenizer.save_pretrained(str(tok_dir))
     return build_causal_lm(tokenizer, tiny, seed=seed), tokenizer
 
 

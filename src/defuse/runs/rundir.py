@@ -14,8 +14,10 @@ A finished run directory holds::
      "parent": "<the run this one started from>" | null,
      "metrics": {"asr": float|null, "cacc": float|null, "aacc": float|null, "ftr": float|null,
                  "n_triggered": int, "n_clean": int, ...},
-     "timings": {"train_s": float, "eval_s": float, ...}, "versions": {...}, "git": str|null,
-     "created": "2025-01-01T00:00:00Z"}
+     "timings": {"train_s": float, "eval_s": float, ...}, "versions": {...}, "processes": int,
+     "git": str|null, "created": "2025-01-01T00:00:00Z"}
+
+``processes`` is how many processes trained it (``accelerate launch --num_processes``; 1 without a launcher).
 
 A directory is a run exactly when its ``run.json`` exists: :class:`RunDirectory` writes everything into a
 staging directory beside the target and renames it into place only in :meth:`RunDirectory.commit`, so a
@@ -31,6 +33,7 @@ import os
 import platform
 import shutil
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
@@ -39,6 +42,7 @@ from typing import Any
 
 from defuse.errors import DataError, DefuseError
 from defuse.fileio import write_text_atomic
+from defuse.runs import distributed
 
 RUN_FILE = "run.json"
 CONFIG_FILE = "config.yaml"
@@ -133,7 +137,8 @@ def build_run_record(
     parent: str | Path | None = None,
     extra: dict | None = None,
 ) -> dict:
-    """Assemble a ``run.json`` record, adding ``schema``, ``versions``, ``git`` and ``created`` (UTC, ``Z``).
+    """Assemble a ``run.json`` record, adding ``schema``, ``versions``, ``processes``, ``git`` and ``created``
+    (UTC, ``Z``).
 
     Args:
         extra: More top-level keys; they may not replace a standard key.
@@ -151,6 +156,7 @@ def build_run_record(
         "metrics": metrics,
         "timings": timings,
         "versions": library_versions(),
+        "processes": distributed.world_size(),
         "git": git_revision(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
     }
@@ -276,7 +282,12 @@ class RunDirectory:
       aside first and deleted only after the new run is in place.
     * An exception inside the ``with`` block (or leaving it without :meth:`commit`) commits nothing,
       leaves an existing ``out`` untouched and keeps staging for the next attempt; :meth:`discard` removes
-      staging. Two processes must not write the same ``out`` at once.
+      staging. Two independent runs must not write the same ``out`` at once.
+    * Under a multi-process launcher (:mod:`defuse.runs.distributed`) only the main process writes ``out``:
+      :meth:`open` prepares staging in the main process while the others wait; :attr:`path` of every other
+      process is its own temporary folder, deleted at :meth:`commit` (or on an exception). All processes
+      share :attr:`checkpoints`, which is the Trainer's output folder (it writes there from the main
+      process and resumes every process from it).
     """
 
     def __init__(self, out: str | Path, overwrite: bool = False):
@@ -286,10 +297,23 @@ class RunDirectory:
         self.staging = target.parent / f".{target.name}.partial"
         self._aside = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
         self._state = "new"
+        self._shadow: Path | None = None  # a non-main process's throwaway folder
+
+    @property
+    def is_main(self) -> bool:
+        """True in the process that writes ``out`` (always, without a multi-process launcher)."""
+        return distributed.is_main_process()
 
     @property
     def path(self) -> Path:
-        """Where the stage writes its files until :meth:`commit` (the staging directory)."""
+        """Where the stage writes its files until :meth:`commit` (the staging directory; in a non-main
+        process, a temporary folder that is never committed)."""
+        return self._shadow if self._shadow is not None else self.staging
+
+    @property
+    def main_path(self) -> Path:
+        """The main process's staging directory, in every process: where the others read back what the main
+        process wrote there (after :func:`~defuse.runs.distributed.wait_for_everyone`)."""
         return self.staging
 
     @property
@@ -306,6 +330,11 @@ class RunDirectory:
         if self._state == "open":
             return self
         self._refuse_existing()
+        if not self.is_main:
+            distributed.wait_for_everyone()  # the main process has prepared staging
+            self._shadow = Path(tempfile.mkdtemp(prefix=f"defuse-rank{distributed.process_index()}-"))
+            self._state = "open"
+            return self
         if self.staging.exists() and not self.staging.is_dir():
             raise DefuseError(f"{self.staging}: exists and is not a directory; remove it")
         try:
@@ -318,6 +347,7 @@ class RunDirectory:
                 f"{self.staging}: cannot prepare the run directory: {exc.strerror or exc}"
             ) from None
         self._state = "open"
+        distributed.wait_for_everyone()
         return self
 
     def commit(self, record: dict, config_yaml: str) -> Path:
@@ -332,6 +362,11 @@ class RunDirectory:
         """
         if self._state != "open":
             raise DefuseError(f"{self.out}: run directory is not open (state: {self._state})")
+        if self._shadow is not None:  # not the main process: it writes the run
+            validate_run_record(record, self._shadow / RUN_FILE)
+            self._drop_shadow()
+            self._state = "committed"
+            return self.out
         self._refuse_existing()  # again just before the move: a run that appeared meanwhile is kept
         validate_run_record(record, self.staging / RUN_FILE)
         write_text_atomic(self.staging / CONFIG_FILE, config_yaml)
@@ -358,12 +393,21 @@ class RunDirectory:
 
     def discard(self) -> None:
         """Remove staging (and any checkpoints in it); ``out`` is not touched."""
-        shutil.rmtree(self.staging, ignore_errors=True)
+        if self._shadow is not None:
+            self._drop_shadow()
+        else:
+            shutil.rmtree(self.staging, ignore_errors=True)
         if self._state == "open":
             self._state = "discarded"
+
+    def _drop_shadow(self) -> None:
+        if self._shadow is not None:
+            shutil.rmtree(self._shadow, ignore_errors=True)
+            self._shadow = None
 
     def __enter__(self) -> RunDirectory:
         return self.open()
 
     def __exit__(self, exc_type, exc, tb) -> bool:
+        self._drop_shadow()
         return False
