@@ -163,24 +163,19 @@ def attack(
     the YAML file. With no config: the built-in suite, word trigger, marker.
     """
     from defuse.config import load_config, parse_cli_overrides, peek_setting
+    from defuse.scenarios import DEFAULT_SCENARIO, attack_config_class, run_attack_for
 
     _quiet_libraries()
     overrides = parse_cli_overrides(ctx.args)
     if model is not None:
         overrides.append(("model", model))
-    scenario = peek_setting(config, overrides, "scenario", "backdoor")
+    scenario = peek_setting(config, overrides, "scenario", DEFAULT_SCENARIO)
+    cfg = load_config(attack_config_class(scenario), config, overrides)
+    record = run_attack_for(scenario, cfg, out, overwrite=overwrite)
     if scenario == "fjattack":
-        from defuse.attacks.fjattack import FJAttackConfig, run_fjattack
-
-        cfg = load_config(FJAttackConfig, config, overrides)
-        record = run_fjattack(cfg, out, overwrite=overwrite)
         console.print(_safety_table(f"aligned base '{cfg.name}' (seed {cfg.seed})", record["base_metrics"]))
         console.print(_safety_table(f"after the jailbreak fine-tune (seed {cfg.seed})", record["metrics"]))
     elif scenario == "encoder":
-        from defuse.encoders.run import EncoderAttackConfig, run_encoder_attack
-
-        cfg = load_config(EncoderAttackConfig, config, overrides)
-        record = run_encoder_attack(cfg, out, overwrite=overwrite)
         table = Table(title=f"task-agnostic encoder backdoor '{cfg.name}' (seed {cfg.seed})")
         table.add_column("measure")
         table.add_column("value", justify="right")
@@ -189,15 +184,8 @@ def attack(
                 table.add_row(key, f"{value:.4g}")
         console.print(table)
         record["timings"].setdefault("eval_s", 0.0)
-    elif scenario == "backdoor":
-        from defuse.attacks.run_attack import run_attack
-        from defuse.attacks.scenario import AttackConfig
-
-        cfg = load_config(AttackConfig, config, overrides)
-        record = run_attack(cfg, out, overwrite=overwrite)
-        console.print(_metrics_table(f"attack '{cfg.name}' (seed {cfg.seed})", record["metrics"]))
     else:
-        raise DefuseError(f"scenario: unknown scenario '{scenario}' (backdoor, fjattack, encoder)")
+        console.print(_metrics_table(f"attack '{cfg.name}' (seed {cfg.seed})", record["metrics"]))
     t = record["timings"]
     console.print(f"train {t['train_s']:.1f}s, evaluation {t['eval_s']:.1f}s; run written to {out}")
 
@@ -268,54 +256,48 @@ def defend(
     The defense's settings can be given as --key value (e.g. --clean_samples 50 --train.epochs 5).
     """
     from defuse.config import load_config, parse_cli_overrides
-    from defuse.defenses import DEFENSES, get_defense
-    from defuse.defenses.run_defense import run_defense
+    from defuse.scenarios import defense_config_class, run_defense_on, scenario_of_run
 
     if list_methods:
-        table = Table(title="defenses")
-        for col in ("method", "scenario", "what it does", "needs"):
-            table.add_column(col)
-        for name, entry in sorted(DEFENSES.items()):
-            needs = entry.needs(entry.config_cls()).describe()
-            table.add_row(name, "/".join(entry.scenarios), entry.summary, needs)
-        from defuse.encoders.run import ENCODER_DEFENSES
-
-        summaries = {"obliviate": "amplify PEFT weights, penalise [CLS] attention scores while fine-tuning",
-                     "peft-baseline": "PEFT + head fine-tuning without a defense (baseline)"}  # fmt: skip
-        for name in ENCODER_DEFENSES:
-            table.add_row(name, "encoder", summaries.get(name, ""), "nothing, during fine-tuning")
-        console.print(table)
+        console.print(_defenses_table())
         return
     for option, value in (("--method", method), ("--from", from_run), ("--out", out)):
         if value is None:
             raise DefuseError(f"{option} is required (or --list)")
-    from defuse.defenses.run_safety_defense import is_fjattack_run, run_safety_defense
-    from defuse.encoders.run import ENCODER_DEFENSES, EncoderDefenseConfig, run_encoder_defense
-    from defuse.runs.rundir import read_run
-
     _quiet_libraries()
-    if method in ENCODER_DEFENSES:
-        cfg = load_config(EncoderDefenseConfig, config, parse_cli_overrides(ctx.args))
-        record = run_encoder_defense(method, cfg, from_run, out, seed=seed, overwrite=overwrite)
-        console.print(
-            _metrics_table(f"encoder defense '{method}' on {from_run} (seed {seed})", record["metrics"])
-        )
+    cfg = load_config(defense_config_class(method), config, parse_cli_overrides(ctx.args))
+    record = run_defense_on(method, cfg, from_run, out, seed=seed, overwrite=overwrite)
+    title = f"defense '{method}' on {from_run} (seed {seed})"
+    scenario = scenario_of_run(record)
+    if scenario == "encoder":
+        console.print(_metrics_table(f"encoder {title}", record["metrics"]))
         console.print(f"defense train {record['timings']['train_s']:.1f}s; run written to {out}")
         return
-    entry = get_defense(method)
-    cfg = load_config(entry.config_cls, config, parse_cli_overrides(ctx.args))
-    if is_fjattack_run(read_run(from_run)):
-        record = run_safety_defense(method, cfg, from_run, out, seed=seed, overwrite=overwrite)
-        table = _safety_table(f"defense '{method}' on {from_run} (seed {seed})", record["metrics"])
-    else:
-        record = run_defense(method, cfg, from_run, out, seed=seed, overwrite=overwrite)
-        table = _metrics_table(f"defense '{method}' on {from_run} (seed {seed})", record["metrics"])
+    table = _safety_table if scenario == "fjattack" else _metrics_table
+    console.print(table(title, record["metrics"]))
     before = record["attack_metrics"]
-    console.print(table)
     console.print(
         f"before the defense: ASR {100 * before['asr']:.1f}%, CACC {100 * before['cacc']:.1f}%; "
         f"defense train {record['timings']['train_s']:.1f}s; run written to {out}"
     )
+
+
+def _defenses_table() -> Table:
+    """Every defense: the scenarios it applies to, what it does, what it needs."""
+    from defuse.defenses import DEFENSES
+    from defuse.encoders.run import ENCODER_DEFENSES
+
+    table = Table(title="defenses")
+    for col in ("method", "scenario", "what it does", "needs"):
+        table.add_column(col)
+    for name, entry in sorted(DEFENSES.items()):
+        needs = entry.needs(entry.config_cls()).describe()
+        table.add_row(name, "/".join(entry.scenarios), entry.summary, needs)
+    summaries = {"obliviate": "amplify PEFT weights, penalise [CLS] attention scores while fine-tuning",
+                 "peft-baseline": "PEFT + head fine-tuning without a defense (baseline)"}  # fmt: skip
+    for name in ENCODER_DEFENSES:
+        table.add_row(name, "encoder", summaries.get(name, ""), "nothing, during fine-tuning")
+    return table
 
 
 @app.command(context_settings=EXTRA_ARGS)

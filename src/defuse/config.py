@@ -288,6 +288,27 @@ def apply_overrides(cfg: T, overrides: Overrides | None, source: str = "command 
     return out
 
 
+def nested_overrides(cls: type, mapping: Mapping, prefix: str = "") -> list[tuple[str, Any]]:
+    """Turn a nested settings mapping into dotted ``(key, value)`` overrides for :func:`apply_overrides`.
+
+    A mapping under a field that is a dataclass (or ``Dataclass | None``) becomes dotted keys, so unset
+    fields keep the config's own defaults (``{"train": {"epochs": 2}}`` -> ``[("train.epochs", 2)]``, where
+    :func:`config_from_dict` would rebuild ``train`` from its class defaults); a mapping under any other
+    field (a ``dict`` setting) stays one value. Unknown names pass through, for :func:`apply_overrides` to
+    refuse.
+    """
+    hints = _hints(cls) if _is_dataclass_type(cls) else {}
+    pairs: list[tuple[str, Any]] = []
+    for name, value in mapping.items():
+        key = f"{prefix}{name}"
+        sub = _dataclass_in(hints[name]) if name in hints else None
+        if sub is not None and isinstance(value, Mapping) and value:
+            pairs.extend(nested_overrides(sub, value, f"{key}."))
+        else:
+            pairs.append((key, value))
+    return pairs
+
+
 def read_config_mapping(path: str | Path) -> dict:
     """The top-level mapping of a YAML config file (an empty file: ``{}``).
 

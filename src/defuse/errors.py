@@ -47,6 +47,8 @@ class ConfigError(DefuseError):
 
     def __init__(self, key: str, problem: str, source: str | Path | None = None):
         self.key = key
+        self.problem = problem
+        self.source = None if source is None else str(source)
         prefix = f"{source}: " if source else ""
         super().__init__(f"{prefix}setting '{key}': {problem}")
 

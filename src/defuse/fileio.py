@@ -19,6 +19,15 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     Raises:
         DataError: ``path`` is a directory or cannot be written.
     """
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically, like :func:`write_text_atomic` (e.g. a PNG image).
+
+    Raises:
+        DataError: ``path`` is a directory or cannot be written.
+    """
     path = Path(path)
     if path.is_dir():
         raise DataError(path, "is a directory, expected a file name")
@@ -28,7 +37,7 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
         mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o666 & ~_umask()
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as handle:
-            handle.write(text.encode("utf-8"))
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, mode)
