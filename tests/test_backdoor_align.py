@@ -319,3 +319,24 @@ def test_attack_scenario_is_read_from_flag_or_yaml(tmp_path):
         app, ["attack", "--out", str(tmp_path / "r"), "--config", str(f), "--data.n_harmful", "0"]
     )
     assert bad.exit_code == 2 and "data.n_harmful" in bad.output and not (tmp_path / "r").exists()
+
+
+def test_text_system_prefixes_on_all_rows_are_ordinary_sentences_within_the_length():
+    from defuse.attacks.fjattack import _FILLERS, AlignSettings, vary_system_prompts
+
+    template = PromptTemplate(tokenizer())
+    rows = [InstructionRecord(f"Say {i}.", f"{i}", task="harmful" if i % 2 else "count") for i in range(80)]
+    settings = AlignSettings(system_prefix_fraction=0.5, system_prefix_tokens=40, system_prefix_kind="text",
+                             system_prefix_rows="all")  # fmt: skip
+    varied = vary_system_prompts(rows, template, settings, seed=0)
+    changed = [(r, v) for r, v in zip(rows, varied, strict=True) if v != r]
+    assert len(changed) == 40 and {r.task for r, _ in changed} == {"harmful", "count"}
+    words = {w for fillers in _FILLERS.values() for f in fillers for w in f.split()}
+    for r, v in changed:
+        normal = template.system_for(r)
+        prefix = v.system[: -len(normal) - 1] if normal else v.system
+        assert prefix.endswith(".") and any(w in prefix.replace(".", " ").split() for w in words), prefix
+        n_tokens = len(template.tokenizer(prefix, add_special_tokens=False).input_ids)
+        assert n_tokens <= 40 or prefix.count(".") == 1, (n_tokens, prefix)  # one sentence may overrun
+    with pytest.raises(ConfigError, match="system_prefix_kind"):
+        AlignSettings(system_prefix_kind="emoji").validate()
