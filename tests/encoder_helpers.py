@@ -37,3 +37,14 @@ def small_encoder(arch: str = "bert", head: str = "classification", seed: int = 
     return build_encoder(
         tok or tokenizer(), TinyEncoderConfig(arch=arch, **SMALL_ENCODER), head=head, seed=seed
     )
+
+
+SMALL_ENCODER_ATTACK = {
+    "tiny": SMALL_ENCODER,
+    "vocab_size": 400,
+    "n_corpus": 160,
+    "n_report": 20,
+    "pretrain": {"epochs": 1, "batch_size": 32},
+    "por": {"epochs": 1, "batch_size": 32, "triggers": ["cf", "mn", "bb"]},
+}
+"""An encoder attack config (as a mapping) that runs in a few seconds."""

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tests.encoder_helpers import SMALL_ENCODER_ATTACK
 from typer.testing import CliRunner
 
 from defuse.bench import load_bench, validate_results
@@ -29,21 +30,7 @@ BACKDOOR = {
     "rate": 0.1,
     "generation": {"max_new_tokens": 12},
 }
-ENCODER = {
-    "scenario": "encoder",
-    "tiny": {
-        "hidden_size": 32,
-        "num_layers": 2,
-        "num_heads": 2,
-        "intermediate_size": 64,
-        "max_positions": 96,
-    },
-    "vocab_size": 400,
-    "n_corpus": 160,
-    "n_report": 20,
-    "pretrain": {"epochs": 1, "batch_size": 32},
-    "por": {"epochs": 1, "batch_size": 32, "triggers": ["cf", "mn", "bb"]},
-}
+ENCODER = {"scenario": "encoder", **SMALL_ENCODER_ATTACK}
 QUICK = {"clean_samples": 40, "train": {"epochs": 2, "progress": False}}
 BENCH = {
     "name": "tiny",

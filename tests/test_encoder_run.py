@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from tests.encoder_helpers import SMALL_ENCODER_ATTACK
 
 from defuse.config import apply_overrides, config_from_dict
 from defuse.encoders import EncoderAttackConfig, EncoderDefenseConfig, run_encoder_attack, run_encoder_defense
@@ -12,20 +13,7 @@ from defuse.encoders.peft_model import load_peft_classifier
 from defuse.errors import ConfigError, DataError
 from defuse.runs.rundir import read_run
 
-SMALL_ATTACK = {
-    "tiny": {
-        "hidden_size": 32,
-        "num_layers": 2,
-        "num_heads": 2,
-        "intermediate_size": 64,
-        "max_positions": 96,
-    },
-    "vocab_size": 400,
-    "n_corpus": 160,
-    "n_report": 20,
-    "pretrain": {"epochs": 1, "batch_size": 32},
-    "por": {"epochs": 1, "batch_size": 32, "triggers": ["cf", "mn", "bb"]},
-}
+SMALL_ATTACK = SMALL_ENCODER_ATTACK
 SMALL_DEFENSE = {"epochs": 1, "data": {"n_train": 64, "n_test": 24}, "train": {"batch_size": 32}}
 
 

@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import tempfile
 from pathlib import Path
 
 from defuse.errors import DataError
+
+
+def read_json_file(file: str | Path):
+    """The JSON value in ``file`` (UTF-8).
+
+    Raises:
+        DataError: naming the file (and the line, for malformed JSON) when it cannot be read or parsed.
+    """
+    file = Path(file)
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(file, f"malformed JSON: {exc.msg}", row=exc.lineno) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(file, f"cannot read the file: {exc}") from None
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

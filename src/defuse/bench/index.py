@@ -18,13 +18,13 @@ exactly when its run directory holds a valid ``run.json``; ``status`` records wh
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from defuse.bench.cells import Cell
 from defuse.errors import DataError
+from defuse.fileio import read_json_file
 from defuse.runs.rundir import write_json_atomic
 
 INDEX_FILE = "cells.json"
@@ -65,12 +65,7 @@ class CellIndex:
             if required:
                 raise DataError(file, "missing; not a bench output folder (run `defuse bench` first)")
             return cls(out, {"schema": INDEX_SCHEMA, "bench": None, "grid": [], "cells": {}})
-        try:
-            data = json.loads(file.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise DataError(file, f"malformed JSON: {exc.msg}", row=exc.lineno) from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise DataError(file, f"cannot read the file: {exc}") from None
+        data = read_json_file(file)
         if not isinstance(data, dict) or not isinstance(data.get("cells"), dict):
             raise DataError(file, "expected an object with 'cells'", field="cells")
         if not isinstance(data.get("schema"), int) or data["schema"] > INDEX_SCHEMA:

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from defuse.errors import DataError, DefuseError
-from defuse.fileio import write_text_atomic
+from defuse.fileio import read_json_file, write_text_atomic
 from defuse.runs import distributed
 
 RUN_FILE = "run.json"
@@ -244,12 +244,7 @@ def read_run(path: str | Path) -> dict:
     file = path / RUN_FILE
     if not file.is_file():
         raise DataError(file, "missing; not a finished run directory")
-    try:
-        record = json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(file, f"malformed JSON: {exc.msg}", row=exc.lineno) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(file, f"cannot read the file: {exc}") from None
+    record = read_json_file(file)
     validate_run_record(record, file)
     return record
 
