@@ -141,3 +141,58 @@ def test_generation_stops_at_eos(tmp_path):
     prompts = [PromptTemplate(tok).encode_prompt(r) for r in records[:8]]
     ids = generate_token_ids(result.model, tok, prompts, GenerationSettings(max_new_tokens=10))
     assert all(t == tok("7", add_special_tokens=False).input_ids for t in ids)
+
+
+def test_sharded_weights_are_gathered_into_a_full_model_after_training(tmp_path, monkeypatch):
+    """Under FSDP / ZeRO-3 the Trainer gathers and saves the weights; every process reloads a full copy.
+
+    FSDP itself needs GPUs; here one process stands in: the Trainer reports sharded weights and saves
+    through its ordinary path, so what is checked is defuse's part (gather, save, reload, same weights).
+    """
+    from transformers import Trainer
+
+    from defuse.training import sft
+
+    saved = []
+    original = Trainer.save_model
+
+    def save_model(self, output_dir=None, _internal_call=False):
+        saved.append(output_dir)
+        return original(self, output_dir, _internal_call)
+
+    monkeypatch.setattr(Trainer, "save_model", save_model)
+    monkeypatch.setattr(sft, "is_sharded", lambda trainer: True)
+    tok = tokenizer()
+    result = train_sft(small_lm(tok), PromptTemplate(tok), RECORDS, FAST, tmp_path, seed=0)
+    assert saved == [str(tmp_path / sft.GATHERED_DIR)]
+    assert list((tmp_path / sft.GATHERED_DIR).glob("*.safetensors"))
+    reference = train_sft(small_lm(tok), PromptTemplate(tok), RECORDS, FAST, tmp_path / "plain", seed=0).model
+    for (n, a), (_, b) in zip(result.model.named_parameters(), reference.named_parameters(), strict=True):
+        assert torch.equal(a, b), n
+
+
+def test_paths_that_need_the_whole_model_refuse_sharded_weights(tmp_path, monkeypatch):
+    from transformers import Trainer
+
+    from defuse.errors import ConfigError
+    from defuse.training import sft
+    from defuse.training.sft import is_sharded, refuse_sharded
+
+    tok = tokenizer()
+    trainer = Trainer(model=small_lm(tok), args=sft_args(tmp_path))
+    assert not is_sharded(trainer)
+    refuse_sharded(trainer, "SANDE's parrot")  # nothing sharded: no error
+    trainer.is_fsdp_enabled = True  # what accelerate sets under an FSDP launch
+    assert is_sharded(trainer)
+    with pytest.raises(ConfigError, match="SANDE's parrot needs the whole model.*ddp.yaml"):
+        refuse_sharded(trainer, "SANDE's parrot")
+    monkeypatch.setattr(sft, "is_sharded", lambda trainer: True)
+    settings = TrainSettings(**{**FAST.__dict__, "lora": LoraSettings(r=4, alpha=8)})
+    with pytest.raises(ConfigError, match="LoRA fine-tuning"):
+        train_sft(small_lm(tok), PromptTemplate(tok), RECORDS, settings, tmp_path / "lora", seed=0)
+
+
+def sft_args(tmp_path):
+    from defuse.training.sft import training_arguments
+
+    return training_arguments(FAST, tmp_path, seed=0)

@@ -49,7 +49,7 @@ from defuse.data.records import InstructionRecord
 from defuse.data.template import IGNORE_INDEX, PromptTemplate
 from defuse.errors import DataError
 from defuse.training.config import TrainSettings
-from defuse.training.sft import CompletionCollator, SFTTrainer, training_arguments, wrap_lora
+from defuse.training.sft import CompletionCollator, SFTTrainer, refuse_sharded, training_arguments, wrap_lora
 
 KINDS = ("clean", "chosen", "rejected")
 """The three sequences of a row, in the order the collator stacks them."""
@@ -344,6 +344,7 @@ def neutralise(
         lam=lam,
         length_normalise=length_normalise,
     )
+    refuse_sharded(trainer, "MB-Defense's neutralisation")
     out = trainer.train()
     keeper.restore_best()
     model.eval()

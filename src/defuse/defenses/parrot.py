@@ -40,7 +40,7 @@ from defuse.data.records import InstructionRecord
 from defuse.data.template import IGNORE_INDEX, PromptTemplate
 from defuse.errors import ConfigError, DataError
 from defuse.training.config import TrainSettings
-from defuse.training.sft import SFTTrainer, training_arguments, wrap_lora
+from defuse.training.sft import SFTTrainer, refuse_sharded, training_arguments, wrap_lora
 
 Where = Literal["user_start", "user_end", "response_start"]
 NO_PARROT = -1
@@ -281,6 +281,7 @@ def _run(lm: ParrotLM, template, rows: list[dict], k: int, settings, output_dir,
         data_collator=SplicedCollator(template.tokenizer.pad_token_id, k),
         processing_class=template.tokenizer,
     )
+    refuse_sharded(trainer, "SANDE's parrot")
     trainer.train()
     lm.eval()
     return [h["loss"] for h in trainer.state.log_history if "loss" in h]

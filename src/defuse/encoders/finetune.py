@@ -19,6 +19,7 @@ from defuse.data.records import ClassificationRecord
 from defuse.encoders.obliviate import ObliviateTrainer
 from defuse.encoders.peft_model import PeftClassifier
 from defuse.errors import ConfigError, DataError
+from defuse.training.sft import refuse_sharded
 
 
 @dataclass
@@ -135,6 +136,7 @@ def finetune_classifier(
         lambda_amp=lambda_amp,
         lambda_reg=lambda_reg,
     )
+    refuse_sharded(trainer, "the encoder's PEFT fine-tune")
     start = time.perf_counter()
     output = trainer.train()
     train_s = time.perf_counter() - start

@@ -34,6 +34,7 @@ from transformers import (
 
 from defuse.encoders.metrics import insert_word
 from defuse.errors import ConfigError, DataError
+from defuse.training.sft import refuse_sharded
 
 POR_TRIGGERS = ("cf", "mn", "bb", "tq", "mb", "pt")
 
@@ -150,8 +151,10 @@ def pretrain_mlm(
     items = [{"input_ids": ids} for ids in enc["input_ids"]]
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=settings.mask_prob, seed=seed)
     args = _training_args(work_dir, settings.epochs, settings.lr, settings.batch_size, seed)
+    trainer = Trainer(model=model, args=args, train_dataset=items, data_collator=collator)
+    refuse_sharded(trainer, "the tiny encoder's masked-LM pre-training")
     start = time.perf_counter()
-    Trainer(model=model, args=args, train_dataset=items, data_collator=collator).train()
+    trainer.train()
     model.eval()
     return time.perf_counter() - start
 
@@ -241,6 +244,7 @@ def plant_por(
         model=encoder, args=args, train_dataset=dataset, data_collator=PorCollator(tokenizer.pad_token_id),
         frozen=frozen, targets=targets, lam=settings.lam,
     )  # fmt: skip
+    refuse_sharded(trainer, "POR")
     start = time.perf_counter()
     trainer.train()
     encoder.eval()

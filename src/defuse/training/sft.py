@@ -20,7 +20,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from defuse.data.records import InstructionRecord
 from defuse.data.template import IGNORE_INDEX, PromptTemplate
-from defuse.errors import DataError
+from defuse.errors import ConfigError, DataError
 from defuse.training.config import TrainSettings
 
 
@@ -65,6 +65,54 @@ class CompletionCollator:
 
 class SFTTrainer(Trainer):
     """The project's Trainer; defenses override :meth:`compute_loss` for their own objectives."""
+
+
+GATHERED_DIR = "gathered"
+
+
+def is_sharded(trainer: Trainer) -> bool:
+    """True when ``trainer`` shards the model's weights across processes: FSDP, or DeepSpeed ZeRO stage 3
+    (ZeRO-1/2 shard only optimizer state and gradients; every process keeps the full weights)."""
+    if getattr(trainer, "is_fsdp_enabled", False):
+        return True
+    if getattr(trainer, "is_deepspeed_enabled", False):
+        plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+        return plugin is not None and getattr(plugin, "zero_stage", None) == 3
+    return False
+
+
+def refuse_sharded(trainer: Trainer, what: str) -> None:
+    """Stop before training a path that needs the whole model in every process under sharded weights.
+
+    Raises:
+        ConfigError: ``trainer`` shards the weights (see :func:`is_sharded`).
+    """
+    if is_sharded(trainer):
+        raise ConfigError(
+            "launcher",
+            f"{what} needs the whole model in every process; sharded weights (FSDP, DeepSpeed ZeRO-3) are "
+            "not supported there yet: launch with configs/accelerate/ddp.yaml or zero2.yaml",
+        )
+
+
+def full_trained_model(trainer: Trainer, output_dir: str | Path) -> PreTrainedModel:
+    """The trained model as one full, unsharded copy in every process (what evaluation and saving use).
+
+    Without sharded weights that is ``trainer.model`` itself. With them the Trainer gathers the weights and
+    the main process saves them (``Trainer.save_model``, in which every process takes part; FSDP needs
+    ``fsdp_state_dict_type: FULL_STATE_DICT``, ZeRO-3 ``zero3_save_16bit_model: true``, as the shipped
+    configs set), then every process loads that copy back with safetensors.
+    """
+    if not is_sharded(trainer):
+        return trainer.model
+    from defuse.models.io import load_causal_lm
+    from defuse.runs.distributed import wait_for_everyone
+
+    path = Path(output_dir) / GATHERED_DIR
+    trainer.save_model(str(path))
+    wait_for_everyone()
+    model, _ = load_causal_lm(path)
+    return model.to(trainer.args.device)
 
 
 @dataclass
@@ -157,7 +205,9 @@ def train_sft(
         resume: Continue from the newest checkpoint in ``output_dir`` if there is one.
 
     Returns:
-        A :class:`TrainResult`; with LoRA, ``model`` is the peft-wrapped model.
+        A :class:`TrainResult`; with LoRA, ``model`` is the peft-wrapped model. Under sharded weights
+        (FSDP, ZeRO-3) ``model`` is a full copy gathered after training (:func:`full_trained_model`); LoRA
+        is refused there.
     """
     dataset = EncodedDataset(records, template, settings.max_length)
     model = wrap_lora(model, settings)
@@ -169,12 +219,14 @@ def train_sft(
         data_collator=CompletionCollator(template.tokenizer.pad_token_id),
         processing_class=template.tokenizer,
     )
+    if settings.lora is not None:
+        refuse_sharded(trainer, "LoRA fine-tuning")
     last = get_last_checkpoint(str(output_dir)) if resume and Path(output_dir).is_dir() else None
     start = time.perf_counter()
     out = trainer.train(resume_from_checkpoint=last)
     train_s = time.perf_counter() - start
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    model = trainer.model
+    model = full_trained_model(trainer, output_dir)
     model.eval()
     return TrainResult(
         model=model,
