@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 # The embedded benchmark grid (configs/demo.yaml): every scenario with its defenses; prints the tables and
 # where the report is. Finished cells under runs/demo are reused, so a second `make demo` is quick.
 demo: $(STAMP)
-	$(BIN)/defuse bench configs/demo.yaml --out runs/demo
+	$(BIN)/defuse bench configs/demo.yaml --out runs/demo --jobs 2
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

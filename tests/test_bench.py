@@ -4,19 +4,24 @@ scenario (obliviate), two seeds; reuse, resume, re-keying, report rebuild, bad c
 from __future__ import annotations
 
 import copy
+import io
 import json
+import multiprocessing
 import shutil
 import statistics
+from datetime import datetime
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from tests.encoder_helpers import SMALL_ENCODER_ATTACK
 from typer.testing import CliRunner
 
-from defuse.bench import load_bench, validate_results
+from defuse.bench import load_bench, run_bench, validate_results
 from defuse.bench.cells import plan_cells
 from defuse.bench.keys import FileHasher
+from defuse.bench.parallel import worker_threads
 from defuse.cli import app
 from defuse.errors import ConfigError, DataError
 from defuse.runs.rundir import read_run
@@ -264,6 +269,108 @@ def test_a_failing_cell_is_recorded_and_the_rest_reported(copied, monkeypatch):
     osft = next(a for a in results["aggregates"] if a["scenario"] == "marker" and a["defense"] == "osft")
     assert osft["seeds"] == [1] and osft["metrics"]["asr"]["stdev"] is None
     assert "Not finished: osft seed 0 (failed)" in (out / "results.md").read_text()
+
+
+def _one_seed(bench: dict) -> dict:
+    return {**copy.deepcopy(bench), "seeds": [0]}
+
+
+def _at(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
+def test_jobs_2_finishes_the_same_cells_as_the_serial_run(done, tmp_path):
+    _, serial_out, _ = done
+    config, out = _write(tmp_path, _one_seed(BENCH)), tmp_path / "out"
+    result = runner.invoke(app, ["bench", str(config), "--out", str(out), "--jobs", "2"])
+    assert result.exit_code == 0, result.output
+    assert "5 cells run, 0 reused" in result.output
+    results = _results(out)
+    validate_results(results, out / "results.json")
+    serial = {c["key"]: c for c in _results(serial_out)["cells"] if c["seed"] == 0}  # keys: no seed 1
+    assert {c["key"] for c in results["cells"] if c["status"] == "done"} == set(serial)
+    if worker_threads(2) == torch.get_num_threads():  # same torch threads as the serial run: same numbers
+        assert all(c["metrics"] == serial[c["key"]]["metrics"] for c in results["cells"])
+    index = json.loads((out / "cells.json").read_text())["cells"]
+    defenses = [e for e in index.values() if e["stage"] == "defense"]
+    assert len(defenses) == 3 and all(e["status"] == "done" for e in index.values())
+    for e in defenses:  # a defense starts only once its attack has finished
+        assert _at(e["started"]) >= _at(index[e["parent"]]["finished"]), e
+    marker, enc = (
+        next(e for e in index.values() if e["path"].startswith(f"runs/{s}/attack")) for s in ("marker", "enc")
+    )
+    assert _at(enc["started"]) <= _at(marker["finished"])  # the two scenarios' attacks ran side by side
+    lines = result.output.splitlines()
+    assert lines.index("[4/5] enc / no defense seed 0: attack; about ? left") < next(
+        n for n, line in enumerate(lines) if line.startswith("[1/5] marker / no defense seed 0: done in ")
+    )
+
+
+def test_jobs_2_records_a_failed_attack_and_skips_its_defenses(tmp_path):
+    blank = tmp_path / "corpus.txt"
+    blank.write_text("\n   \n\n")  # a corpus file without any text: only the attack's run finds out
+    bench = _one_seed(BENCH)
+    enc = bench["scenarios"][1]
+    bench["scenarios"] = [
+        {**copy.deepcopy(enc), "name": "broken", "attack": {**ENCODER, "corpus": str(blank)}},
+        enc,
+    ]
+    config, out = _write(tmp_path, bench), tmp_path / "out"
+    result = runner.invoke(app, ["bench", str(config), "--out", str(out), "--jobs", "2"])
+    assert result.exit_code == 1 and "1 cells failed" in result.output, result.output
+    index = json.loads((out / "cells.json").read_text())["cells"]
+    status = {(e["scenario"], e["defense"]): e["status"] for e in index.values()}
+    assert status == {
+        ("broken", "none"): "failed",
+        ("broken", "obliviate"): "skipped",
+        ("enc", "none"): "done",
+        ("enc", "obliviate"): "done",
+    }
+    failed = next(e for e in index.values() if e["status"] == "failed")
+    assert failed["error"] == f"{blank}: the corpus file holds no text"
+    log = (out / failed["log"]).read_text()  # written by the worker: the header line, then the traceback
+    assert log.startswith("=== ") and "Traceback" in log and "holds no text" in log
+    assert "[1/4] broken / no defense seed 0: failed; " in result.output
+    assert "[2/4] broken / obliviate seed 0: skipped; its attack cell did not finish" in result.output
+    validate_results(_results(out))
+
+
+class _CtrlCOnFirstDone(io.StringIO):
+    """A display stream that raises KeyboardInterrupt, as a Ctrl-C in the bench process would, while the
+    first finished cell is reported (the grid's other attack cell is then still in its worker)."""
+
+    def write(self, text: str) -> int:
+        written = super().write(text)
+        if ": done in " in text:
+            raise KeyboardInterrupt
+        return written
+
+
+def test_an_interrupted_parallel_bench_stops_its_workers_and_records_the_running_cell(tmp_path):
+    spec, out = load_bench(_write(tmp_path, _one_seed(BENCH))), tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        run_bench(spec, out, stream=_CtrlCOnFirstDone(), jobs=2)
+    assert multiprocessing.active_children() == []  # the workers were terminated
+    index = json.loads((out / "cells.json").read_text())["cells"]
+    statuses = sorted(e["status"] for e in index.values())
+    assert statuses == ["done", "interrupted", "pending", "pending", "pending"]  # the defenses never started
+    stopped = next(e for e in index.values() if e["status"] == "interrupted")
+    assert stopped["stage"] == "attack" and stopped["finished"] and stopped["wall_s"] is None
+    assert not (out / ".bench.lock").exists()
+
+
+@pytest.mark.parametrize("jobs", ["0", "-1", "two"])
+def test_bench_refuses_a_bad_jobs_count_with_one_line(jobs, tmp_path):
+    config, _ = _bad(tmp_path, lambda b: None)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["bench", str(config), "--out", str(out), "--jobs", jobs])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert lines[0].startswith("error: setting '--jobs': ") and repr(jobs) in lines[0]
+    assert not out.exists()
+    with pytest.raises(ConfigError, match="'jobs'"):
+        run_bench(load_bench(config), out, jobs=0)
+    assert not out.exists()
 
 
 def _bad(tmp_path: Path, change) -> tuple[Path, dict]:

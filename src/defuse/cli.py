@@ -354,19 +354,30 @@ def bench(
     out: Annotated[
         Path, typer.Option(help="Output folder (new, or an earlier bench's: its cells are reused).")
     ],
+    jobs: Annotated[
+        str,
+        typer.Option(
+            metavar="N",
+            help="Cells to run at once, each in a worker process (a defense after its attack); "
+            "1: one after another in this process. Same N on the same machine, same numbers.",
+        ),
+    ] = "1",
 ) -> None:
     """Run a grid of attack scenarios x defenses x seeds and report it (results.json, results.md, plots).
 
     Every setting is checked before any training. Each cell (an attack or a defense run of one seed) is a run
     directory under OUT/runs named by a hash of its settings and inputs: a finished cell is reused, an
-    interrupted one resumes, a changed setting reruns only what depends on it. Exit code 1 when some cells
-    failed (the report is still written; logs under OUT/logs).
+    interrupted one resumes, a changed setting reruns only what depends on it. With --jobs N, up to N
+    independent cells run at once. Exit code 1 when some cells failed (the report is still written; logs
+    under OUT/logs).
     """
     from defuse.bench import load_bench, run_bench
+    from defuse.bench.runner import check_jobs
 
+    n_jobs = check_jobs(jobs, "--jobs")  # text, so that any bad value is one line (exit code 2)
     spec = load_bench(config)
     _quiet_libraries()
-    outcome = run_bench(spec, out, stream=sys.stdout)
+    outcome = run_bench(spec, out, stream=sys.stdout, jobs=n_jobs)
     _print_report(outcome.report)
     done = len(outcome.ran) + len(outcome.reused)
     planned = done + len(outcome.failed) + len(outcome.skipped)

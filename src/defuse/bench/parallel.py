@@ -1,0 +1,163 @@
+"""Run a bench grid's cells in worker processes, at most ``jobs`` at once (``defuse bench --jobs N``).
+
+Contract of :func:`run_parallel` (called by :func:`~defuse.bench.runner.run_bench` when ``jobs > 1``):
+
+* Cells whose run directory is finished are reused first, without starting anything.
+* The other cells are started in plan order (the priority order, so attacks start as early as possible) in a
+  ``concurrent.futures.ProcessPoolExecutor`` of ``jobs`` "spawn" processes. A defense cell starts only
+  after its attack cell finished (run or reused); when the attack failed, the defense is ``skipped``.
+* Each worker ignores Ctrl-C (the parent alone handles it), takes the parent's transformers logging
+  settings, and before every cell sets ``torch.set_num_threads(max(1, os.cpu_count() // jobs))``; it runs
+  the cell exactly as the serial path does (:func:`~defuse.bench.runner.run_logged`: the log header line,
+  stdout and stderr into the cell's log, a failure's traceback into the log) and sends back the failure's
+  one-line message (or None) and the wall time. Only the parent writes ``cells.json`` and the display.
+* A worker that dies (killed, out of memory) breaks the pool, which stops its other workers too: every cell
+  running then is ``failed`` (a line in its log says why; the next bench reruns it), and a fresh pool runs
+  the cells still to come.
+* On KeyboardInterrupt (or any error) in the parent, every running cell is recorded ``interrupted``, the
+  pending work is cancelled, the worker processes are terminated, and the exception is re-raised; the next
+  bench resumes the interrupted cells from their staging folders.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+from defuse.bench.cells import Cell
+from defuse.bench.index import utc_now
+from defuse.bench.runner import GridRun, failure_message, run_logged
+
+Running = dict[Future, tuple[int, Cell, Path]]
+"""The cells now in a worker: future -> (1-based place in the grid, cell, absolute log file)."""
+
+
+def worker_threads(jobs: int) -> int:
+    """The torch threads each of ``jobs`` workers uses: the machine's CPUs shared out, at least one."""
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
+def _init_worker(hf_verbosity: int, hf_progress_bars: bool) -> None:
+    """Set up a fresh worker process: Ctrl-C is the parent's business; the parent's library logging."""
+    from transformers.utils import logging as hf_logging
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    hf_logging.set_verbosity(hf_verbosity)
+    if hf_progress_bars:
+        hf_logging.enable_progress_bar()
+    else:
+        hf_logging.disable_progress_bar()
+
+
+def run_in_worker(out: str, cell: Cell, log_file: str, jobs: int) -> tuple[str | None, float]:
+    """Run one cell in this worker process; return (None or the failure's one-line message, wall seconds)."""
+    import torch
+
+    torch.set_num_threads(worker_threads(jobs))
+    start = time.monotonic()
+    error = run_logged(Path(out), cell, Path(log_file))
+    return error, time.monotonic() - start
+
+
+class Workers:
+    """A pool of ``jobs`` spawned worker processes, replaced by a fresh one when a worker died."""
+
+    def __init__(self, jobs: int):
+        self.jobs = jobs
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        from transformers.utils import logging as hf_logging
+
+        settings = (hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled())
+        return ProcessPoolExecutor(
+            max_workers=self.jobs,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=settings,
+        )
+
+    def submit(self, out: Path, cell: Cell, log_file: Path) -> Future:
+        """Queue ``cell``; it starts as soon as a worker is free."""
+        args = (run_in_worker, str(out), cell, str(log_file), self.jobs)
+        try:
+            return self._pool.submit(*args)
+        except BrokenProcessPool:  # a worker died earlier: its cells are failed, the rest go on
+            self._pool.shutdown(wait=True)
+            self._pool = self._new_pool()
+            return self._pool.submit(*args)
+
+    def close(self) -> None:
+        """Wait for the workers to exit (nothing is running any more)."""
+        self._pool.shutdown(wait=True)
+
+    def stop(self) -> None:
+        """Cancel what has not started and terminate the worker processes now."""
+        if hasattr(self._pool, "terminate_workers"):  # Python 3.14+
+            self._pool.terminate_workers()
+            return
+        # Before 3.14 the pool's processes are reachable only through its private map, which shutdown clears.
+        processes = list((getattr(self._pool, "_processes", None) or {}).values())
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.join(timeout=30)
+
+
+def run_parallel(grid: GridRun, cells: list[Cell], jobs: int) -> None:
+    """Run the cells of the grid in ``jobs`` worker processes (see the module docstring)."""
+    pending = [(i, c) for i, c in enumerate(cells, 1) if not grid.reuse_if_finished(i, c)]
+    if not pending:
+        return
+    workers = Workers(jobs)
+    running: Running = {}
+    try:
+        while pending or running:
+            pending = _start_ready(grid, pending, running, workers)
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                _collect(grid, future, *running.pop(future))
+    except BaseException:
+        for _, cell, _ in running.values():
+            grid.mark_interrupted(cell)
+        workers.stop()
+        raise
+    workers.close()
+
+
+def _start_ready(
+    grid: GridRun, pending: list[tuple[int, Cell]], running: Running, workers: Workers
+) -> list[tuple[int, Cell]]:
+    """Skip the cells whose attack cell failed and start, in plan order, those that may run while a worker
+    is free; return the cells still waiting. Something is always running afterwards while cells wait."""
+    waiting: list[tuple[int, Cell]] = []
+    for n, (i, cell) in enumerate(pending):
+        state = grid.parent_state(cell)
+        if state == "lost":
+            grid.skip(i, cell)
+        elif state == "waiting" or len(running) >= workers.jobs:
+            waiting.append((i, cell))
+        else:
+            left = [c for _, c, _ in running.values()] + [c for _, c in waiting + pending[n:]]
+            future = workers.submit(grid.out, cell, grid.log_file(cell))
+            running[future] = (i, cell, grid.mark_running(i, cell, grid.time_left(left, workers.jobs)))
+    if waiting and not running:
+        raise RuntimeError(f"bench scheduler: {len(waiting)} cells wait and none runs")  # cannot happen
+    return waiting
+
+
+def _collect(grid: GridRun, future: Future, i: int, cell: Cell, log_file: Path) -> None:
+    """Record the result of a cell whose worker is done with it."""
+    try:
+        error, wall_s = future.result()
+    except Exception as exc:  # the worker died, or the cell could not be sent to it
+        error, wall_s = f"worker process failed: {failure_message(exc)}", None
+        with open(log_file, "a", encoding="utf-8") as log:
+            log.write(f"=== {utc_now()} {error}\n")
+    grid.record(i, cell, error, wall_s, log_file)
