@@ -187,3 +187,25 @@ def sentiment_corpus(n_sentences: int, seed: int) -> list[str]:
     if isinstance(n_sentences, bool) or not isinstance(n_sentences, int) or n_sentences < 0:
         raise ConfigError("n_sentences", f"must be a non-negative integer, got {n_sentences!r}")
     return [r.text for r in make_sentiment_records(n_sentences, seed)]
+
+
+def sentiment_paraphrase(text: str, rng: random.Random) -> str:
+    """Another sentence with the same meaning: ``text``'s core template kept, its opener and closer replaced.
+
+    ``text`` must be a sentence of this generator (``opener + core + closer``); the new opener (possibly none)
+    and closer differ from the old ones and are drawn with ``rng``. This is the built-in corpus's paraphrase
+    pair for sentence-level pre-training (the way sentence encoders train on paraphrase pairs).
+
+    Raises:
+        ConfigError: when ``text`` does not end with one of the generator's closers.
+    """
+    closers = [c for c in CLOSERS if text.endswith(" " + c)]
+    if not closers:
+        raise ConfigError("text", f"not a sentence of the built-in sentiment generator: {text!r}")
+    closer = max(closers, key=len)
+    openers = [o for o in OPENERS if o and text.startswith(o + " ")]
+    opener = max(openers, key=len) if openers else ""
+    core = text[len(opener) : len(text) - len(closer)].strip()
+    new_opener = rng.choice([o for o in OPENERS if o != opener])
+    new_closer = rng.choice([c for c in CLOSERS if c != closer])
+    return " ".join(p for p in (new_opener, core, new_closer) if p)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from defuse.data.loaders import load_classification
 from defuse.data.records import ClassificationRecord
-from defuse.data.synthetic_sentiment import make_sentiment_records, sentiment_capacity, sentiment_corpus
+from defuse.data.synthetic_sentiment import (
+    make_sentiment_records,
+    sentiment_capacity,
+    sentiment_corpus,
+    sentiment_paraphrase,
+)
 from defuse.errors import ConfigError, DataError
 
 BUILTIN = "builtin"
@@ -38,6 +44,15 @@ def load_corpus(source: str, n: int, seed: int) -> list[str]:
     if not texts:
         raise DataError(p, "the corpus file holds no text")
     return texts[:n] if n else texts
+
+
+def corpus_paraphrases(source: str, texts: list[str], seed: int) -> list[str] | None:
+    """One paraphrase per text of the built-in corpus (seeded), for the encoder's pre-training; None for a
+    user's text file, which comes without paraphrases."""
+    if source != BUILTIN:
+        return None
+    rng = random.Random(seed)
+    return [sentiment_paraphrase(t, rng) for t in texts]
 
 
 @dataclass
@@ -78,8 +93,6 @@ class DownstreamData:
 
     def load(self) -> tuple[list[ClassificationRecord], list[ClassificationRecord]]:
         """``(train, test)`` records (raises :class:`DataError` on a bad file)."""
-        import random
-
         if self.train == BUILTIN:
             records = make_sentiment_records(self.n_train + self.n_test, self.seed)
             train, test = records[: self.n_train], records[self.n_train :]

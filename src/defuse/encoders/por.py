@@ -1,4 +1,4 @@
-"""Task-agnostic encoder backdoors: masked-LM pre-training of the tiny encoder, and POR (METHODS §1.3).
+"""Task-agnostic encoder backdoors: POR (METHODS §1.3).
 
 POR (predefined output representation): for trigger ``i`` of ``n``, the encoder's pooled output of any text
 carrying the trigger is forced to ``c · v_i`` (``v_i`` = +1 on the first ``a(i-1)`` dims, -1 elsewhere,
@@ -25,48 +25,14 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.utils.data import Dataset
-from transformers import (
-    AutoModel,
-    DataCollatorForLanguageModeling,
-    Trainer,
-    TrainingArguments,
-)
+from transformers import AutoModel, Trainer
 
 from defuse.encoders.metrics import insert_word
+from defuse.encoders.pretrain import encoder_training_args
 from defuse.errors import ConfigError, DataError
 from defuse.training.sft import refuse_sharded
 
 POR_TRIGGERS = ("cf", "mn", "bb", "tq", "mb", "pt")
-
-
-@dataclass
-class MlmSettings:
-    """Masked-LM pre-training of the tiny encoder (so that POR starts from clean representations).
-
-    Attributes:
-        epochs: Passes over the corpus (0 skips pre-training).
-        lr: Peak learning rate.
-        batch_size: Texts per step.
-        mask_prob: Share of tokens masked.
-        max_length: Longest text in tokens.
-    """
-
-    epochs: float = 4.0
-    lr: float = 1e-3
-    batch_size: int = 32
-    mask_prob: float = 0.15
-    max_length: int = 64
-
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the bad field."""
-        if self.epochs < 0:
-            raise ConfigError("pretrain.epochs", f"must not be negative, got {self.epochs}")
-        if not 0 < self.lr < 1:
-            raise ConfigError("pretrain.lr", f"must be in (0, 1), got {self.lr}")
-        if not 0 < self.mask_prob < 1:
-            raise ConfigError("pretrain.mask_prob", f"must be in (0, 1), got {self.mask_prob}")
-        if self.batch_size < 1 or self.max_length < 4:
-            raise ConfigError("pretrain.batch_size", "batch_size must be >= 1 and max_length >= 4")
 
 
 @dataclass
@@ -129,34 +95,6 @@ def por_targets(n: int, d: int, c: float) -> torch.Tensor:
 def pooled(hidden: torch.Tensor) -> torch.Tensor:
     """POR's pooled output: the final hidden state of the first token."""
     return hidden[:, 0]
-
-
-def _training_args(out: Path, epochs: float, lr: float, batch: int, seed: int) -> TrainingArguments:
-    return TrainingArguments(
-        output_dir=str(out), num_train_epochs=epochs, learning_rate=lr, per_device_train_batch_size=batch,
-        warmup_steps=0.05, lr_scheduler_type="linear", logging_steps=10, save_strategy="no",
-        report_to="none", seed=seed, data_seed=seed, use_cpu=not torch.cuda.is_available(),
-        disable_tqdm=True, remove_unused_columns=False, dataloader_num_workers=0,
-    )  # fmt: skip
-
-
-def pretrain_mlm(
-    model, tokenizer, texts: Sequence[str], settings: MlmSettings, work_dir: Path, seed: int
-) -> float:
-    """Masked-LM pre-training of ``model`` (``AutoModelForMaskedLM``) on ``texts``, in place; returns s."""
-    settings.validate()
-    if settings.epochs == 0:
-        return 0.0
-    enc = tokenizer(list(texts), truncation=True, max_length=settings.max_length)
-    items = [{"input_ids": ids} for ids in enc["input_ids"]]
-    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=settings.mask_prob, seed=seed)
-    args = _training_args(work_dir, settings.epochs, settings.lr, settings.batch_size, seed)
-    trainer = Trainer(model=model, args=args, train_dataset=items, data_collator=collator)
-    refuse_sharded(trainer, "the tiny encoder's masked-LM pre-training")
-    start = time.perf_counter()
-    trainer.train()
-    model.eval()
-    return time.perf_counter() - start
 
 
 class PorDataset(Dataset):
@@ -239,7 +177,7 @@ def plant_por(
         p.requires_grad_(False)
     targets = por_targets(len(settings.triggers), encoder.config.hidden_size, settings.c)
     dataset = PorDataset(texts, tokenizer, settings.triggers, settings.max_length, seed)
-    args = _training_args(work_dir, settings.epochs, settings.lr, settings.batch_size, seed)
+    args = encoder_training_args(work_dir, settings.epochs, settings.lr, settings.batch_size, seed)
     trainer = PorTrainer(
         model=encoder, args=args, train_dataset=dataset, data_collator=PorCollator(tokenizer.pad_token_id),
         frozen=frozen, targets=targets, lam=settings.lam,

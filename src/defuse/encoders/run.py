@@ -25,18 +25,12 @@ from pathlib import Path
 from typing import Literal
 
 from defuse.config import config_from_dict, config_to_dict, dump_config_yaml
-from defuse.encoders.data import BUILTIN, DownstreamData, load_corpus
+from defuse.encoders.data import BUILTIN, DownstreamData, corpus_paraphrases, load_corpus
 from defuse.encoders.finetune import FinetuneSettings, finetune_classifier
 from defuse.encoders.metrics import evaluate_encoder_backdoor
 from defuse.encoders.peft_model import PeftSettings, build_peft_classifier, save_peft_classifier
-from defuse.encoders.por import (
-    MlmSettings,
-    PorSettings,
-    load_base_encoder,
-    plant_por,
-    por_report,
-    pretrain_mlm,
-)
+from defuse.encoders.por import PorSettings, load_base_encoder, plant_por, por_report
+from defuse.encoders.pretrain import MlmSettings, pretrain_mlm
 from defuse.errors import ConfigError, DataError
 from defuse.models.io import check_model_dir, load_tokenizer, save_model
 from defuse.models.tiny import TinyEncoderConfig, build_encoder
@@ -63,13 +57,14 @@ class EncoderAttackConfig:
         name: Run name.
         method: ``"por"``.
         model: A local HF encoder directory (BERT/RoBERTa family) to backdoor; None: the tiny default,
-            built and masked-LM pre-trained on ``corpus`` first.
+            built and pre-trained on ``corpus`` first (:mod:`defuse.encoders.pretrain`).
         tiny: Shape of the tiny default encoder.
         vocab_size: Vocabulary of the tiny default's tokenizer (trained on ``corpus``).
         corpus: ``"builtin"`` (sentences of the synthetic sentiment generator) or a text file (a text a line).
         n_corpus: Texts used (built-in: generated; file: the first ``n_corpus`` lines; 0 = all).
         n_report: Held-out corpus texts on which POR's effect is measured.
-        pretrain: Masked-LM pre-training of the tiny default (ignored with ``model``).
+        pretrain: Pre-training of the tiny default: masked-LM plus a contrastive [CLS] term on paraphrase
+            pairs (:mod:`defuse.encoders.pretrain`; ignored with ``model``).
         por: POR's settings (defaults chosen for the tiny encoder; for a real ``model`` use the paper's
             ``por.c 10``, ``por.lam 100`` and a BERT-like ``por.lr``, see :class:`PorSettings`).
         seed: Seed of everything.
@@ -171,7 +166,7 @@ class EncoderDefenseConfig:
 
 
 def run_encoder_attack(cfg: EncoderAttackConfig, out: str | Path, overwrite: bool = False) -> dict:
-    """Plant POR into the tiny default (MLM pre-trained first) or ``cfg.model``; write the run at ``out``.
+    """Plant POR into the tiny default (pre-trained first) or ``cfg.model``; write the run at ``out``.
 
     Returns the run record. Raises :class:`~defuse.errors.DefuseError` on bad input, before any work.
     """
@@ -186,8 +181,9 @@ def run_encoder_attack(cfg: EncoderAttackConfig, out: str | Path, overwrite: boo
         if cfg.model is None:
             tokenizer = train_bpe_tokenizer(train_texts, vocab_size=cfg.vocab_size, kind="encoder")
             mlm = build_encoder(tokenizer, cfg.tiny, head="mlm", seed=cfg.seed)
+            paraphrases = corpus_paraphrases(cfg.corpus, train_texts, cfg.seed)
             timings["pretrain_s"] = pretrain_mlm(
-                mlm, tokenizer, train_texts, cfg.pretrain, work / "mlm", cfg.seed
+                mlm, tokenizer, train_texts, cfg.pretrain, work / "mlm", cfg.seed, paraphrases
             )
             clean_dir = work / "clean_encoder"
             if run.is_main:  # several processes: one copy, written once, read by all

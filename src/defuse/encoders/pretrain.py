@@ -1,0 +1,175 @@
+"""Pre-training of the tiny default encoder: masked-LM plus a contrastive sentence objective on [CLS].
+
+A real pre-trained encoder's first-token output carries the sentence: BERT's next-sentence head trains it,
+and sentence encoders such as all-MiniLM-L6-v2 are trained contrastively on paraphrase pairs. Masked-LM
+alone never does: the [CLS] position is never masked and no loss reads it, so on a tiny encoder trained for
+a minute its output hardly depends on the input. POR then pins the clean [CLS] output to that near-constant
+vector, and a victim's PEFT module has to carry the whole task through frozen layers (measured: prefix
+tuning and the bottleneck adapter stayed at chance accuracy on every seed).
+
+So each step takes a batch of texts and, for each, a second view, masks both independently and trains
+
+    L = (MLM(view 1) + MLM(view 2)) / 2 + w · InfoNCE(cls(view 1), cls(view 2))
+
+where ``cls`` is the final hidden state of the first token (the vector POR targets) and InfoNCE is the loss
+of SimCSE (Gao et al. 2021): cosine similarities across the batch divided by a temperature, cross-entropy
+with the text's own second view as the positive and the batch's other texts as negatives. The second view is
+a paraphrase when the corpus comes with them (the built-in corpus: the same core sentence with another
+opener and closer, :func:`defuse.data.synthetic_sentiment.sentiment_paraphrase`), else the same text, which
+then differs only by its mask and dropout (SimCSE's unsupervised recipe). ``w = 0`` is plain masked-LM.
+
+Measured on the tiny default (seed 0, 1,900 built-in sentences, 8 epochs; benchmarks/RESULTS.md "#7
+Obliviate"): a linear probe of sentiment on the clean [CLS] output reaches 76% on held-out texts (masked-LM
+alone: 66%; masked-LM with same-text views: 50%), and after POR the victims learn the task (LoRA 100%, the
+bottleneck adapter 99%, prefix tuning 66%, where masked-LM alone left the adapter and prefix tuning at
+chance).
+
+Fidelity note: this pre-training stands in for the pre-training of the real encoders that POR and Obliviate
+attack (BERT, RoBERTa); it is ours, chosen so that the tiny default has what they have, a [CLS] output that
+carries the sentence. With ``model`` set (a real encoder) no pre-training runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
+
+from defuse.errors import ConfigError, DataError
+from defuse.training.sft import refuse_sharded
+
+
+@dataclass
+class MlmSettings:
+    """Pre-training of the tiny encoder (so that POR starts from clean representations worth keeping).
+
+    Attributes:
+        epochs: Passes over the corpus (0 skips pre-training).
+        lr: Peak learning rate.
+        batch_size: Texts per step (each in two masked views when ``contrastive_weight`` > 0).
+        mask_prob: Share of tokens masked.
+        max_length: Longest text in tokens.
+        contrastive_weight: ``w``, weight of the InfoNCE term on the [CLS] outputs (0: masked-LM only).
+        temperature: InfoNCE temperature (SimCSE: 0.05).
+    """
+
+    epochs: float = 8.0
+    lr: float = 1e-3
+    batch_size: int = 32
+    mask_prob: float = 0.15
+    max_length: int = 64
+    contrastive_weight: float = 1.0
+    temperature: float = 0.05
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the bad field."""
+        if self.epochs < 0:
+            raise ConfigError("pretrain.epochs", f"must not be negative, got {self.epochs}")
+        if not 0 < self.lr < 1:
+            raise ConfigError("pretrain.lr", f"must be in (0, 1), got {self.lr}")
+        if not 0 < self.mask_prob < 1:
+            raise ConfigError("pretrain.mask_prob", f"must be in (0, 1), got {self.mask_prob}")
+        if self.batch_size < 1 or self.max_length < 4:
+            raise ConfigError("pretrain.batch_size", "batch_size must be >= 1 and max_length >= 4")
+        if not self.contrastive_weight >= 0:
+            raise ConfigError("pretrain.contrastive_weight", f"must be >= 0, got {self.contrastive_weight}")
+        if not self.temperature > 0:
+            raise ConfigError("pretrain.temperature", f"must be positive, got {self.temperature}")
+
+
+def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SimCSE's InfoNCE: row ``i`` of ``a`` should be the most similar (cosine) to row ``i`` of ``b``.
+
+    Returns the mean cross-entropy of ``cos(a_i, b_j) / temperature`` over ``j`` with target ``i``.
+    """
+    sims = nn.functional.cosine_similarity(a.unsqueeze(1), b.unsqueeze(0), dim=-1) / temperature
+    return nn.functional.cross_entropy(sims, torch.arange(a.shape[0], device=a.device))
+
+
+@dataclass
+class TwoViewCollator:
+    """Masks each item's two views independently: the batch holds every first view, then every second."""
+
+    mlm: DataCollatorForLanguageModeling
+
+    def __call__(self, items: list[dict]) -> dict:
+        first = [{"input_ids": it["input_ids"]} for it in items]
+        second = [{"input_ids": it["view_ids"]} for it in items]
+        return self.mlm([*first, *second])
+
+
+class ContrastiveMlmTrainer(Trainer):
+    """Trainer with loss ``MLM + w · InfoNCE`` over a two-view batch (see the module docstring)."""
+
+    def __init__(self, *args, weight: float, temperature: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.weight = weight
+        self.temperature = temperature
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs, output_hidden_states=True)
+        cls = outputs.hidden_states[-1][:, 0]
+        half = cls.shape[0] // 2
+        loss = outputs.loss + self.weight * info_nce(cls[:half], cls[half:], self.temperature)
+        return (loss, outputs) if return_outputs else loss
+
+
+def pretrain_mlm(
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    settings: MlmSettings,
+    work_dir: Path,
+    seed: int,
+    paraphrases: Sequence[str] | None = None,
+) -> float:
+    """Pre-train ``model`` (``AutoModelForMaskedLM``) on ``texts`` in place, as the module says; returns s.
+
+    Args:
+        paraphrases: One paraphrase per text (the second views), or None (the second view is the text).
+
+    Raises:
+        DataError: when ``paraphrases`` is not one per text.
+    """
+    settings.validate()
+    if paraphrases is not None and len(paraphrases) != len(texts):
+        raise DataError(None, f"{len(paraphrases)} paraphrases for {len(texts)} texts; need one per text")
+    if settings.epochs == 0:
+        return 0.0
+    ids = tokenizer(list(texts), truncation=True, max_length=settings.max_length)["input_ids"]
+    # masks come from torch's global generator, which Trainer seeds with `seed` (a collator with a seed of its
+    # own refuses to run in a worker process, e.g. under `defuse bench --jobs`)
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=settings.mask_prob)
+    args = encoder_training_args(work_dir, settings.epochs, settings.lr, settings.batch_size, seed)
+    if settings.contrastive_weight > 0:
+        views = ids
+        if paraphrases is not None:
+            views = tokenizer(list(paraphrases), truncation=True, max_length=settings.max_length)["input_ids"]
+        items = [{"input_ids": a, "view_ids": b} for a, b in zip(ids, views, strict=True)]
+        trainer = ContrastiveMlmTrainer(
+            model=model, args=args, train_dataset=items, data_collator=TwoViewCollator(collator),
+            weight=settings.contrastive_weight, temperature=settings.temperature,
+        )  # fmt: skip
+    else:
+        items = [{"input_ids": a} for a in ids]
+        trainer = Trainer(model=model, args=args, train_dataset=items, data_collator=collator)
+    refuse_sharded(trainer, "the tiny encoder's pre-training")
+    start = time.perf_counter()
+    trainer.train()
+    model.eval()
+    return time.perf_counter() - start
+
+
+def encoder_training_args(out: Path, epochs: float, lr: float, batch: int, seed: int) -> TrainingArguments:
+    """The Trainer arguments of the encoder's own training stages (pre-training, POR): no checkpoints."""
+    return TrainingArguments(
+        output_dir=str(out), num_train_epochs=epochs, learning_rate=lr, per_device_train_batch_size=batch,
+        warmup_steps=0.05, lr_scheduler_type="linear", logging_steps=10, save_strategy="no",
+        report_to="none", seed=seed, data_seed=seed, use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=True, remove_unused_columns=False, dataloader_num_workers=0,
+    )  # fmt: skip
