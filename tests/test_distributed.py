@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +37,13 @@ train: {epochs: 12, learning_rate: 0.002, batch_size: %d, progress: false, loggi
 rate: 0.1
 generation: {max_new_tokens: 12}
 """
+
+
+def _free_port() -> int:
+    """A TCP port nobody listens on now (fixed ports collide with whatever else runs on the machine)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _defuse(args: list[str], processes: int, tmp: Path, port: int) -> subprocess.CompletedProcess:
@@ -71,17 +79,17 @@ def runs(tmp_path_factory):
         pytest.fail("accelerate's launcher is not installed next to this Python")
     root = tmp_path_factory.mktemp("ddp")
     out = {}
-    for processes, port in ((1, 0), (2, 29531)):
+    for processes in (1, 2):
         tmp = root / f"tmp{processes}"
         tmp.mkdir()
         cfg = root / f"attack{processes}.yaml"
         cfg.write_text(ATTACK_YAML % (32 // processes))
         attack = root / f"p{processes}" / "attack"
-        _defuse(["attack", "--config", str(cfg), "--out", str(attack)], processes, tmp, port)
+        _defuse(["attack", "--config", str(cfg), "--out", str(attack)], processes, tmp, _free_port())
         osft = root / f"p{processes}" / "osft"
         _defuse(["defend", "--method", "osft", "--from", str(attack), "--out", str(osft),
                  "--train.batch_size", str(16 // processes), "--train.progress", "false"],
-                processes, tmp, port + 1 if port else 0)  # fmt: skip
+                processes, tmp, _free_port())  # fmt: skip
         out[processes] = {"attack": attack, "osft": osft, "tmp": tmp}
     return out
 
@@ -124,6 +132,7 @@ from defuse.runs import distributed
 rank = distributed.process_index()
 text = distributed.broadcast_text(f"secret of rank {rank}: ü")
 Path(sys.argv[1], f"rank{rank}.txt").write_text(text, encoding="utf-8")
+distributed.shutdown()
 """
 
 
@@ -134,7 +143,7 @@ def test_the_main_process_text_reaches_every_process(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", "29537", str(script), str(tmp_path)]  # fmt: skip
+           "--main_process_port", str(_free_port()), str(script), str(tmp_path)]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     texts = [(tmp_path / f"rank{r}.txt").read_text(encoding="utf-8") for r in (0, 1)]

@@ -5,17 +5,18 @@ Every user error (a :class:`~defuse.errors.DefuseError`) is printed as one line 
 
 from __future__ import annotations
 
-import functools
 import sys
 import tempfile
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from defuse import __version__
+from defuse.cli_bench import bench, report
+from defuse.cli_common import console, quiet_libraries, user_errors
+from defuse.cli_data import data_app
 from defuse.errors import DefuseError
 
 app = typer.Typer(
@@ -25,36 +26,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-data_app = typer.Typer(help="Inspect and convert datasets (every supported format).", no_args_is_help=True)
-app.add_typer(data_app, name="data")
-console = Console()
-err_console = Console(stderr=True)
-
-
-def user_errors(fn):
-    """Turn a DefuseError into one line on stderr and exit code 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except DefuseError as exc:
-            err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-
-    return wrapper
-
-
-def _quiet_libraries() -> None:
-    """Silence library logging; under a multi-process launcher, only the main process prints results."""
-    from transformers.utils import logging as hf_logging
-
-    from defuse.runs.distributed import is_distributed, is_main_process
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    if is_distributed() and not is_main_process():
-        console.quiet = True
 
 
 def _version(value: bool) -> None:
@@ -82,7 +53,7 @@ def demo(
     """Build the tiny default model, train it on the built-in task suite, and print its accuracy per task."""
     from defuse.demo import DemoConfig, run_demo
 
-    _quiet_libraries()
+    quiet_libraries()
     cfg = DemoConfig(seed=seed)
     if epochs is not None:
         cfg.train.epochs = epochs
@@ -165,7 +136,7 @@ def attack(
     from defuse.config import load_config, parse_cli_overrides, peek_setting
     from defuse.scenarios import DEFAULT_SCENARIO, attack_config_class, run_attack_for
 
-    _quiet_libraries()
+    quiet_libraries()
     overrides = parse_cli_overrides(ctx.args)
     if model is not None:
         overrides.append(("model", model))
@@ -213,7 +184,7 @@ def evaluate(
     from defuse.config import apply_overrides, parse_cli_overrides, validate_config
     from defuse.evaluation.rerun import EvaluateConfig, evaluate_model, evaluate_run
 
-    _quiet_libraries()
+    quiet_libraries()
     if (run is None) == (model is None):
         raise DefuseError("give exactly one of --run DIR or --model PATH")
     if run is not None:
@@ -264,7 +235,7 @@ def defend(
     for option, value in (("--method", method), ("--from", from_run), ("--out", out)):
         if value is None:
             raise DefuseError(f"{option} is required (or --list)")
-    _quiet_libraries()
+    quiet_libraries()
     cfg = load_config(defense_config_class(method), config, parse_cli_overrides(ctx.args))
     record = run_defense_on(method, cfg, from_run, out, seed=seed, overwrite=overwrite)
     title = f"defense '{method}' on {from_run} (seed {seed})"
@@ -331,7 +302,7 @@ def train(
     from defuse.config import load_config, parse_cli_overrides
     from defuse.training.run_train import TrainRunConfig, run_train
 
-    _quiet_libraries()
+    quiet_libraries()
     overrides = parse_cli_overrides(ctx.args)
     for key, value in (("data", data), ("clean", clean), ("method", defense), ("model", model),
                        ("clean_test", clean_test), ("triggered_test", triggered_test)):  # fmt: skip
@@ -345,155 +316,22 @@ def train(
     console.print(f"train {t['train_s']:.1f}s, evaluation {t['eval_s']:.1f}s; run written to {out}")
 
 
-@app.command()
-@user_errors
-def bench(
-    config: Annotated[
-        Path, typer.Argument(help="Bench YAML: scenarios, defenses, seeds (configs/demo.yaml).")
-    ],
-    out: Annotated[
-        Path, typer.Option(help="Output folder (new, or an earlier bench's: its cells are reused).")
-    ],
-    jobs: Annotated[
-        str,
-        typer.Option(
-            metavar="N",
-            help="Cells to run at once, each in a worker process (a defense after its attack); "
-            "1: one after another in this process. Same N on the same machine, same numbers.",
-        ),
-    ] = "1",
-) -> None:
-    """Run a grid of attack scenarios x defenses x seeds and report it (results.json, results.md, plots).
-
-    Every setting is checked before any training. Each cell (an attack or a defense run of one seed) is a run
-    directory under OUT/runs named by a hash of its settings and inputs: a finished cell is reused, an
-    interrupted one resumes, a changed setting reruns only what depends on it. With --jobs N, up to N
-    independent cells run at once. Exit code 1 when some cells failed (the report is still written; logs
-    under OUT/logs).
-    """
-    from defuse.bench import load_bench, run_bench
-    from defuse.bench.runner import check_jobs
-
-    n_jobs = check_jobs(jobs, "--jobs")  # text, so that any bad value is one line (exit code 2)
-    spec = load_bench(config)
-    _quiet_libraries()
-    outcome = run_bench(spec, out, stream=sys.stdout, jobs=n_jobs)
-    _print_report(outcome.report)
-    done = len(outcome.ran) + len(outcome.reused)
-    planned = done + len(outcome.failed) + len(outcome.skipped)
-    console.print(
-        f"{len(outcome.ran)} cells run, {len(outcome.reused)} reused; {done} of {planned} finished."
-    )
-    if outcome.failed:
-        first = next(iter(outcome.failed.values()))
-        message = f"error: {len(outcome.failed)} cells failed (first: {first}); logs under {out}/logs"
-        err_console.print(message, markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(1)
-
-
-@app.command()
-@user_errors
-def report(
-    out: Annotated[Path, typer.Argument(help="A bench output folder (written by `defuse bench`).")],
-) -> None:
-    """Rebuild a bench's results.json, results.md and plots from its run directories, and print the tables."""
-    from defuse.bench import write_report
-
-    _print_report(write_report(out))
-
-
-def _print_report(rep) -> None:
-    """Print the bench tables (rich on a terminal, Markdown elsewhere) and where the report files are."""
-    from defuse.bench import scenario_tables
-    from defuse.bench.tables import markdown_table
-
-    for t in scenario_tables(rep.results):
-        if not console.is_terminal:
-            text = f"\n{t.title}\n\n{markdown_table(t)}\n\n{' '.join(t.notes)}\n"
-            console.print(text, markup=False, highlight=False, soft_wrap=True)
-            continue
-        table = Table(title=t.title, caption=" ".join(t.notes), caption_justify="left")
-        for i, col in enumerate(t.columns):
-            table.add_column(col, justify="left" if i == 0 else "right")
-        for row in t.rows:
-            table.add_row(*row)
-        console.print(table)
-    plots = f"{len(rep.plots)} plots in {rep.markdown_path.parent / 'plots'}"
-    console.print(
-        f"Report: {rep.markdown_path} (tables), {rep.json_path} (every number), {plots}",
-        soft_wrap=True,
-        highlight=False,
-    )
-
-
-@data_app.command("check")
-@user_errors
-def data_check(
-    path: Annotated[Path, typer.Argument(help="A data file or a folder saved by `datasets`.")],
-    kind: Annotated[str, typer.Option(help="instruction or classification")] = "instruction",
-    format: Annotated[
-        str | None, typer.Option("--format", help="Force a format instead of detecting it.")
-    ] = None,
-    column: Annotated[
-        list[str] | None, typer.Option(help="Column mapping FIELD=NAME, e.g. response=summary (repeatable).")
-    ] = None,
-) -> None:
-    """Load a dataset, validating every row, and print what it holds."""
-    from defuse.data.loaders import detect_format, load_classification, load_instructions
-
-    columns = _parse_columns(column)
-    fmt = format or detect_format(path)
-    if kind == "instruction":
-        records = load_instructions(path, format=fmt, columns=columns)
-        with_response = sum(bool(r.response) for r in records)
-        console.print(f"{path}: {fmt}, {len(records)} instruction records, {with_response} with a response")
-    elif kind == "classification":
-        records = load_classification(path, format=fmt, columns=columns)
-        labels: dict[int, int] = {}
-        for r in records:
-            labels[r.label] = labels.get(r.label, 0) + 1
-        counts = dict(sorted(labels.items()))
-        console.print(f"{path}: {fmt}, {len(records)} classification records, label counts {counts}")
-    else:
-        raise DefuseError(f"unknown --kind '{kind}' (instruction or classification)")
-
-
-@data_app.command("convert")
-@user_errors
-def data_convert(
-    src: Annotated[Path, typer.Argument(help="Input file or `datasets` folder.")],
-    dst: Annotated[Path, typer.Argument(help="Output file; its format comes from --to or the extension.")],
-    to: Annotated[
-        str | None, typer.Option(help="Output format (alpaca-json, alpaca-jsonl, chat-jsonl, csv, tsv).")
-    ] = None,
-    format: Annotated[str | None, typer.Option("--format", help="Force the input format.")] = None,
-    column: Annotated[
-        list[str] | None, typer.Option(help="Input column mapping FIELD=NAME (repeatable).")
-    ] = None,
-) -> None:
-    """Convert an instruction dataset between formats (atomic write)."""
-    from defuse.data.loaders import load_instructions, write_instructions
-
-    records = load_instructions(src, format=format, columns=_parse_columns(column))
-    write_instructions(records, dst, format=to)
-    console.print(f"wrote {len(records)} records to {dst}")
-
-
-def _parse_columns(items: list[str] | None) -> dict[str, str] | None:
-    if not items:
-        return None
-    out = {}
-    for item in items:
-        field, sep, name = item.partition("=")
-        if not sep or not field or not name:
-            raise DefuseError(f"--column '{item}': expected FIELD=NAME")
-        out[field] = name
-    return out
+app.command()(bench)
+app.command()(report)
+app.add_typer(data_app, name="data")
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point; under a multi-process launcher a successful command leaves the process
+    group in step with the other processes (:func:`defuse.runs.distributed.shutdown`)."""
+    from defuse.runs.distributed import shutdown
+
+    try:
+        app()
+    except SystemExit as exc:
+        if exc.code in (0, None):
+            shutdown()
+        raise
 
 
 if __name__ == "__main__":

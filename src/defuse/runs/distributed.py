@@ -76,6 +76,19 @@ def broadcast_text(text: str) -> str:
     return bytes(buffer.cpu().tolist()).decode("utf-8")
 
 
+def shutdown() -> None:
+    """End this process's part in the process group: a barrier, then the group destroyed, so that no process
+    exits while another still talks to it (gloo aborts a process whose peer vanished mid-teardown). Nothing
+    with one process or when no group was started. Call it once, at the end of a successful program."""
+    if not is_distributed():
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 @contextmanager
 def main_process_first() -> Iterator[None]:
     """Run the block in the main process first, then in the others (which may read what it wrote)."""
