@@ -231,3 +231,27 @@ def load_base_encoder(path: str | Path, seed: int, trust_remote_code: bool = Fal
         trust_remote_code=trust_remote_code,
         dtype="float32",
     )
+
+
+def load_masked_lm(path: str | Path, seed: int, trust_remote_code: bool = False):
+    """``AutoModelForMaskedLM`` from a saved directory, refusing one without masked-LM head weights.
+
+    Raises:
+        ConfigError: the directory's weights hold no masked-LM head (a head initialised at random would
+            make continued masked-LM training wreck the encoder).
+    """
+    from transformers import AutoModelForMaskedLM
+
+    from defuse.models.io import check_model_dir
+
+    torch.manual_seed(seed)
+    p = check_model_dir(path)
+    model, info = AutoModelForMaskedLM.from_pretrained(
+        str(p), local_files_only=True, use_safetensors=True, trust_remote_code=trust_remote_code,
+        dtype="float32", output_loading_info=True,
+    )  # fmt: skip
+    head_missing = [k for k in info.get("missing_keys", []) if "predictions" in k or "lm_head" in k]
+    if head_missing:
+        raise ConfigError("model", f"{p} has no masked-LM head weights ({head_missing[0]} missing); NeuBA "
+                          "continues masked-LM pre-training and needs them (POR does not)")  # fmt: skip
+    return model

@@ -28,8 +28,9 @@ from defuse.config import config_from_dict, config_to_dict, dump_config_yaml
 from defuse.encoders.data import BUILTIN, DownstreamData, corpus_paraphrases, load_corpus
 from defuse.encoders.finetune import FinetuneSettings, finetune_classifier
 from defuse.encoders.metrics import evaluate_encoder_backdoor
+from defuse.encoders.neuba import NeubaSettings, plant_neuba
 from defuse.encoders.peft_model import PeftSettings, build_peft_classifier, save_peft_classifier
-from defuse.encoders.por import PorSettings, load_base_encoder, plant_por, por_report
+from defuse.encoders.por import PorSettings, load_base_encoder, load_masked_lm, plant_por, por_report
 from defuse.encoders.pretrain import MlmSettings, pretrain_mlm
 from defuse.errors import ConfigError, DataError
 from defuse.models.io import check_model_dir, load_tokenizer, save_model
@@ -46,6 +47,7 @@ from defuse.runs.rundir import (
 )
 
 ENCODER_DEFENSES = ("obliviate", "peft-baseline")
+ENCODER_ATTACKS = ("por", "neuba")
 
 
 @dataclass
@@ -55,9 +57,10 @@ class EncoderAttackConfig:
     Attributes:
         scenario: Always ``"encoder"`` (what the CLI dispatches on).
         name: Run name.
-        method: ``"por"``.
+        method: ``"por"`` (:mod:`defuse.encoders.por`) or ``"neuba"`` (:mod:`defuse.encoders.neuba`).
         model: A local HF encoder directory (BERT/RoBERTa family) to backdoor; None: the tiny default,
-            built and pre-trained on ``corpus`` first (:mod:`defuse.encoders.pretrain`).
+            built and pre-trained on ``corpus`` first (:mod:`defuse.encoders.pretrain`). NeuBA needs the
+            directory's masked-LM head too.
         tiny: Shape of the tiny default encoder.
         vocab_size: Vocabulary of the tiny default's tokenizer (trained on ``corpus``).
         corpus: ``"builtin"`` (sentences of the synthetic sentiment generator) or a text file (a text a line).
@@ -67,6 +70,7 @@ class EncoderAttackConfig:
             pairs (:mod:`defuse.encoders.pretrain`; ignored with ``model``).
         por: POR's settings (defaults chosen for the tiny encoder; for a real ``model`` use the paper's
             ``por.c 10``, ``por.lam 100`` and a BERT-like ``por.lr``, see :class:`PorSettings`).
+        neuba: NeuBA's settings (used when ``method`` is ``neuba``).
         seed: Seed of everything.
         trust_remote_code: Passed to transformers when loading ``model``.
     """
@@ -82,13 +86,21 @@ class EncoderAttackConfig:
     n_report: int = 100
     pretrain: MlmSettings = field(default_factory=MlmSettings)
     por: PorSettings = field(default_factory=PorSettings)
+    neuba: NeubaSettings = field(default_factory=NeubaSettings)
     seed: int = 0
     trust_remote_code: bool = False
 
+    @property
+    def settings(self) -> PorSettings | NeubaSettings:
+        """The settings of the backdoor that ``method`` names (its triggers are the ones evaluated)."""
+        return self.neuba if self.method == "neuba" else self.por
+
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the bad field (also a missing model or corpus path)."""
-        if self.method != "por":
-            raise ConfigError("method", f"unknown encoder backdoor '{self.method}' (por)")
+        if self.method not in ENCODER_ATTACKS:
+            raise ConfigError(
+                "method", f"unknown encoder backdoor '{self.method}' ({', '.join(ENCODER_ATTACKS)})"
+            )
         if self.n_corpus < 0 or self.n_report < 1:
             raise ConfigError("n_corpus", "n_corpus must be >= 0 and n_report >= 1")
         if self.corpus == BUILTIN and self.n_corpus <= self.n_report:
@@ -102,7 +114,7 @@ class EncoderAttackConfig:
         if self.vocab_size < 300:
             raise ConfigError("vocab_size", "must be at least 300 (byte-level alphabet plus merges)")
         self.pretrain.validate()
-        self.por.validate()
+        self.settings.validate()
 
 
 # Tiny-default recipes per PEFT kind (lr, epochs, λ_amp, λ_reg). The λs are Obliviate's reference values
@@ -166,7 +178,7 @@ class EncoderDefenseConfig:
 
 
 def run_encoder_attack(cfg: EncoderAttackConfig, out: str | Path, overwrite: bool = False) -> dict:
-    """Plant POR into the tiny default (pre-trained first) or ``cfg.model``; write the run at ``out``.
+    """Plant POR or NeuBA in the tiny default (pre-trained first) or ``cfg.model``; write the run at ``out``.
 
     Returns the run record. Raises :class:`~defuse.errors.DefuseError` on bad input, before any work.
     """
@@ -175,6 +187,8 @@ def run_encoder_attack(cfg: EncoderAttackConfig, out: str | Path, overwrite: boo
     if len(texts) <= cfg.n_report:
         raise DataError(cfg.corpus, f"only {len(texts)} texts; need more than n_report={cfg.n_report}")
     train_texts, report_texts = texts[: -cfg.n_report], texts[-cfg.n_report :]
+    if cfg.model is not None and cfg.method == "neuba":
+        mlm = load_masked_lm(cfg.model, cfg.seed, cfg.trust_remote_code)  # refuses before any work
     timings: dict[str, float] = {}
     with RunDirectory(out, overwrite=overwrite) as run:
         work = run.checkpoints
@@ -192,13 +206,18 @@ def run_encoder_attack(cfg: EncoderAttackConfig, out: str | Path, overwrite: boo
         else:
             clean_dir = Path(cfg.model)
             tokenizer = load_tokenizer(clean_dir, cfg.trust_remote_code)
-        encoder = load_base_encoder(clean_dir, cfg.seed, cfg.trust_remote_code)
-        clean = copy.deepcopy(encoder).eval()
-        timings["train_s"] = plant_por(encoder, tokenizer, train_texts, cfg.por, work / "por", cfg.seed)
-        report = por_report(encoder, clean, tokenizer, report_texts, cfg.por, cfg.seed)
-        save_model(encoder, tokenizer, run.path / MODEL_DIR)
+        clean = load_base_encoder(clean_dir, cfg.seed, cfg.trust_remote_code).eval()
+        if cfg.method == "neuba":
+            timings["train_s"] = plant_neuba(mlm, tokenizer, train_texts, cfg.neuba, work / "neuba", cfg.seed)
+            backdoored, encoder = mlm, mlm.base_model
+        else:
+            encoder = copy.deepcopy(clean)
+            timings["train_s"] = plant_por(encoder, tokenizer, train_texts, cfg.por, work / "por", cfg.seed)
+            backdoored = encoder
+        report = por_report(encoder, clean, tokenizer, report_texts, cfg.settings, cfg.seed)
+        save_model(backdoored, tokenizer, run.path / MODEL_DIR)
         metrics = {"asr": None, "cacc": None, "aacc": None, "ftr": None, "n_clean": len(report_texts),
-                   "n_triggered": len(report_texts) * len(cfg.por.triggers), **report}  # fmt: skip
+                   "n_triggered": len(report_texts) * len(cfg.settings.triggers), **report}  # fmt: skip
         record = build_run_record(
             kind="attack", name=cfg.name, seed=cfg.seed, config=config_to_dict(cfg), metrics=metrics,
             timings=timings, parent=None,
@@ -246,7 +265,7 @@ def run_encoder_defense(
             clf, tokenizer, train, res.train, run.checkpoints, seed, res.lambda_amp, res.lambda_reg
         )
         evaluation = evaluate_encoder_backdoor(
-            clf.model, tokenizer, test, attack_cfg.por.triggers, seed, res.eval_max_length
+            clf.model, tokenizer, test, attack_cfg.settings.triggers, seed, res.eval_max_length
         )
         save_peft_classifier(clf, tokenizer, run.path / MODEL_DIR, encoder_dir)
         write_jsonl_atomic(run.path / SAMPLES_FILE, evaluation.samples)

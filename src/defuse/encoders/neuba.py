@@ -1,0 +1,149 @@
+"""Task-agnostic encoder backdoors: NeuBA (METHODS §1.3), POR's idea planted during masked-LM pre-training.
+
+NeuBA (neuron-level backdoor) continues the encoder's masked-LM pre-training on a corpus in which every text
+also appears with a trigger: the clean copy is trained with the ordinary masked-LM loss, and the triggered
+copy's first-token output is pulled to the same predefined vector ``c · v_i`` as POR's
+(:func:`defuse.encoders.por.por_targets`)::
+
+    L = MLM(x, masked) + λ · MSE(pooled(x ⊕ t_i), c · v_i)
+
+Unlike POR there is no frozen copy and no term that keeps clean outputs in place: masked-LM is what keeps
+the encoder a useful encoder, as in ordinary pre-training. The model trained is the masked-LM model (the
+encoder and its masked-LM head); the run keeps the whole of it, and downstream users load its encoder.
+
+Fidelity notes: NeuBA's paper poisons BERT's further pre-training (masked-LM plus next-sentence prediction)
+with rare-symbol triggers; here the objective is masked-LM alone (our tiny encoder has no next-sentence
+head), and the triggers default to POR's six words so that the two attacks share one evaluation. On the
+tiny default the clean pre-training's contrastive [CLS] term (:mod:`defuse.encoders.pretrain`) is not
+continued: NeuBA's own objective is what the attack trains. Each training text is paired with one triggered
+copy, trigger ``i`` round-robin, inserted once at a seeded random word position; the triggered copy is not
+masked (its only loss is the target term).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import DataCollatorForLanguageModeling, Trainer
+
+from defuse.encoders.por import POR_TRIGGERS, PorCollator, PorDataset, pooled, por_targets
+from defuse.encoders.pretrain import encoder_training_args
+from defuse.errors import ConfigError
+from defuse.training.sft import refuse_sharded
+
+
+@dataclass
+class NeubaSettings:
+    """NeuBA's settings (defaults for the tiny default encoder).
+
+    Attributes:
+        triggers: The trigger words; at least two, each one word.
+        c: Scale of the target vectors ``c · v_i`` (as POR's ``c``; the tiny default keeps POR's 2, for the
+            same reason: a tiny encoder's final LayerNorm keeps outputs near norm ``sqrt(d)``).
+        lam: λ, weight of the target term against masked-LM.
+        epochs: Passes over the corpus.
+        lr: Peak learning rate.
+        batch_size: Clean texts per step (each with its triggered copy).
+        mask_prob: Share of the clean copy's tokens masked.
+        max_length: Longest text in tokens.
+    """
+
+    triggers: list[str] = field(default_factory=lambda: list(POR_TRIGGERS))
+    c: float = 2.0
+    lam: float = 10.0
+    epochs: float = 8.0
+    lr: float = 1e-3
+    batch_size: int = 32
+    mask_prob: float = 0.15
+    max_length: int = 64
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the bad field."""
+        if len(self.triggers) < 2 or len(set(self.triggers)) != len(self.triggers):
+            raise ConfigError("neuba.triggers", "needs at least two distinct trigger words")
+        if any(not t or " " in t.strip() or t != t.strip() for t in self.triggers):
+            raise ConfigError("neuba.triggers", f"each trigger must be one word, got {self.triggers!r}")
+        for key in ("c", "lam", "epochs"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"neuba.{key}", f"must be positive, got {getattr(self, key)}")
+        if not 0 < self.lr < 1:
+            raise ConfigError("neuba.lr", f"must be in (0, 1), got {self.lr}")
+        if not 0 < self.mask_prob < 1:
+            raise ConfigError("neuba.mask_prob", f"must be in (0, 1), got {self.mask_prob}")
+        if self.batch_size < 1 or self.max_length < 4:
+            raise ConfigError("neuba.batch_size", "batch_size must be >= 1 and max_length >= 4")
+
+
+@dataclass
+class NeubaCollator:
+    """Masks the clean copies (``input_ids``, ``labels``) and pads the triggered copies unmasked."""
+
+    mlm: DataCollatorForLanguageModeling
+    pad: PorCollator
+
+    def __call__(self, items: list[dict]) -> dict:
+        batch = dict(self.mlm([{"input_ids": it["clean"]} for it in items]))
+        trig = self.pad(items)
+        batch.update({k: trig[k] for k in ("trig_input_ids", "trig_attention_mask", "trigger")})
+        return batch
+
+
+class NeubaTrainer(Trainer):
+    """Trainer whose loss is NeuBA's (see the module docstring); ``model`` is a masked-LM model."""
+
+    def __init__(self, *args, targets: torch.Tensor, lam: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.targets = targets
+        self.lam = lam
+        self.last_terms: dict[str, float] = {}
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        clean = model(
+            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=inputs["labels"]
+        )
+        trig = model(
+            input_ids=inputs["trig_input_ids"],
+            attention_mask=inputs["trig_attention_mask"],
+            output_hidden_states=True,
+        )
+        target = self.targets.to(trig.hidden_states[-1].device)[inputs["trigger"]]
+        target_mse = nn.functional.mse_loss(pooled(trig.hidden_states[-1]), target)
+        loss = clean.loss + self.lam * target_mse
+        self.last_terms = {"mlm": float(clean.loss.detach()), "target_mse": float(target_mse.detach())}
+        return (loss, clean) if return_outputs else loss
+
+
+def plant_neuba(
+    mlm_model, tokenizer, texts: Sequence[str], settings: NeubaSettings, work_dir: Path, seed: int
+) -> float:
+    """Plant NeuBA into ``mlm_model`` (an ``AutoModelForMaskedLM``, trained in place); returns seconds.
+
+    Raises:
+        ConfigError: bad settings, or a tokenizer without a mask token.
+        DataError: no texts.
+    """
+    settings.validate()
+    if tokenizer.mask_token is None:
+        raise ConfigError("model", "the tokenizer has no mask token; NeuBA needs a masked-LM encoder")
+    targets = por_targets(len(settings.triggers), mlm_model.config.hidden_size, settings.c)
+    dataset = PorDataset(texts, tokenizer, settings.triggers, settings.max_length, seed)
+    # masks come from torch's global generator, which Trainer seeds with `seed`
+    collator = NeubaCollator(
+        DataCollatorForLanguageModeling(tokenizer, mlm_probability=settings.mask_prob),
+        PorCollator(tokenizer.pad_token_id),
+    )
+    args = encoder_training_args(work_dir, settings.epochs, settings.lr, settings.batch_size, seed)
+    trainer = NeubaTrainer(
+        model=mlm_model, args=args, train_dataset=dataset, data_collator=collator, targets=targets,
+        lam=settings.lam,
+    )  # fmt: skip
+    refuse_sharded(trainer, "NeuBA")
+    start = time.perf_counter()
+    trainer.train()
+    mlm_model.eval()
+    return time.perf_counter() - start
