@@ -10,6 +10,7 @@ and writes them with the raw records under --out.
 
     .venv/bin/python benchmarks/obliviate.py --seeds 0 1 2 --peft lora prefix adapter
     .venv/bin/python benchmarks/obliviate.py --seeds 0 --peft lora --defense-set lambda_reg=0.3
+    .venv/bin/python benchmarks/obliviate.py --seeds 0 1 2 --attack-set method=neuba --out DIR   # NeuBA
 
 Finished runs are reused (delete a run directory to redo it). Results are recorded in benchmarks/RESULTS.md.
 """

@@ -64,6 +64,7 @@ def main() -> int:
     parser.add_argument("--por-epochs", type=float, default=1.0)
     parser.add_argument("--c", type=float, default=10.0)
     parser.add_argument("--lam", type=float, default=100.0)
+    parser.add_argument("--por-lr", type=float, default=5e-5)
     parser.add_argument("--n-train", type=int, default=2000, help="victim's SST-2 training sentences")
     parser.add_argument("--n-test", type=int, default=400, help="SST-2 dev sentences evaluated")
     parser.add_argument("--epochs", type=float, default=3.0)
@@ -89,7 +90,7 @@ def main() -> int:
     attack_cfg = apply_overrides(
         EncoderAttackConfig(model=str(model), corpus=str(data / "corpus.txt"), seed=args.seed, n_corpus=0,
                             n_report=100),
-        {"por.epochs": args.por_epochs, "por.c": args.c, "por.lam": args.lam, "por.lr": 5e-5,
+        {"por.epochs": args.por_epochs, "por.c": args.c, "por.lam": args.lam, "por.lr": args.por_lr,
          "por.batch_size": 16},
     )  # fmt: skip
     attack_dir = base / "attack"

@@ -93,3 +93,11 @@ def test_unknown_attack_method_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="method"):
         run_encoder_attack(cfg, tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def test_paraphrases_must_be_one_per_text(tmp_path):
+    from defuse.errors import DataError
+
+    texts = sentiment_corpus(20, 1)
+    with pytest.raises(DataError, match="paraphrases"):
+        plant_neuba(small_encoder(head="mlm"), tokenizer(), texts, NeubaSettings(), tmp_path, 0, texts[:5])

@@ -208,7 +208,10 @@ def run_encoder_attack(cfg: EncoderAttackConfig, out: str | Path, overwrite: boo
             tokenizer = load_tokenizer(clean_dir, cfg.trust_remote_code)
         clean = load_base_encoder(clean_dir, cfg.seed, cfg.trust_remote_code).eval()
         if cfg.method == "neuba":
-            timings["train_s"] = plant_neuba(mlm, tokenizer, train_texts, cfg.neuba, work / "neuba", cfg.seed)
+            paraphrases = corpus_paraphrases(cfg.corpus, train_texts, cfg.seed + 2)
+            timings["train_s"] = plant_neuba(
+                mlm, tokenizer, train_texts, cfg.neuba, work / "neuba", cfg.seed, paraphrases
+            )
             backdoored, encoder = mlm, mlm.base_model
         else:
             encoder = copy.deepcopy(clean)
