@@ -101,3 +101,13 @@ def test_paraphrases_must_be_one_per_text(tmp_path):
     texts = sentiment_corpus(20, 1)
     with pytest.raises(DataError, match="paraphrases"):
         plant_neuba(small_encoder(head="mlm"), tokenizer(), texts, NeubaSettings(), tmp_path, 0, texts[:5])
+
+
+def test_a_nested_setting_is_named_once_in_the_error():
+    from defuse.config import validate_config
+
+    for spec, key in [({"method": "neuba", "neuba": {"lam": -1}}, "'neuba.lam'"),
+                      ({"por": {"lam": -1}}, "'por.lam'")]:  # fmt: skip
+        with pytest.raises(ConfigError) as info:
+            validate_config(config_from_dict(EncoderAttackConfig, spec))
+        assert key in str(info.value)

@@ -369,7 +369,8 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Overrid
 def validate_config(cfg: Any, prefix: str = "") -> None:
     """Call ``validate()`` on ``cfg`` and every nested dataclass that has one, children first.
 
-    A nested :class:`ConfigError` is re-raised with its key prefixed by the sub-config's dotted path.
+    A nested :class:`ConfigError` is re-raised with its key prefixed by the sub-config's dotted path (a key
+    that already starts with the sub-config's own name, such as ``por.lam`` under ``por``, is not doubled).
     """
     if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
         return
@@ -389,7 +390,10 @@ def validate_config(cfg: Any, prefix: str = "") -> None:
             if not marker:
                 raise
             source = before[:-2] if before.endswith(": ") else None
-            raise ConfigError(f"{prefix}.{exc.key}", problem, source) from None
+            last = prefix.rpartition(".")[2]
+            # a sub-config that already names itself ("por.lam" under "por") is not prefixed twice
+            key = prefix + exc.key[len(last) :] if exc.key.startswith(f"{last}.") else f"{prefix}.{exc.key}"
+            raise ConfigError(key, problem, source) from None
 
 
 def _plain(value: Any) -> Any:
