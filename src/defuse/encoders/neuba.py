@@ -36,8 +36,8 @@ import torch
 from torch import nn
 from transformers import DataCollatorForLanguageModeling, Trainer
 
-from defuse.encoders.por import POR_TRIGGERS, PorCollator, PorDataset, pooled, por_targets
-from defuse.encoders.pretrain import encoder_training_args, info_nce
+from defuse.encoders.por import POR_TRIGGERS, PorCollator, PorDataset, check_triggers, pooled, por_targets
+from defuse.encoders.pretrain import check_masked_lm_settings, encoder_training_args, info_nce
 from defuse.errors import ConfigError, DataError
 from defuse.training.sft import refuse_sharded
 
@@ -74,23 +74,11 @@ class NeubaSettings:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the bad field."""
-        if len(self.triggers) < 2 or len(set(self.triggers)) != len(self.triggers):
-            raise ConfigError("neuba.triggers", "needs at least two distinct trigger words")
-        if any(not t or " " in t.strip() or t != t.strip() for t in self.triggers):
-            raise ConfigError("neuba.triggers", f"each trigger must be one word, got {self.triggers!r}")
+        check_triggers(self.triggers, "neuba.triggers")
         for key in ("c", "lam", "epochs"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"neuba.{key}", f"must be positive, got {getattr(self, key)}")
-        if not 0 < self.lr < 1:
-            raise ConfigError("neuba.lr", f"must be in (0, 1), got {self.lr}")
-        if not 0 < self.mask_prob < 1:
-            raise ConfigError("neuba.mask_prob", f"must be in (0, 1), got {self.mask_prob}")
-        if self.batch_size < 1 or self.max_length < 4:
-            raise ConfigError("neuba.batch_size", "batch_size must be >= 1 and max_length >= 4")
-        if not self.contrastive_weight >= 0:
-            raise ConfigError("neuba.contrastive_weight", f"must be >= 0, got {self.contrastive_weight}")
-        if not self.temperature > 0:
-            raise ConfigError("neuba.temperature", f"must be positive, got {self.temperature}")
+        check_masked_lm_settings(self, "neuba")
 
 
 @dataclass

@@ -67,10 +67,7 @@ class PorSettings:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the bad field."""
-        if len(self.triggers) < 2 or len(set(self.triggers)) != len(self.triggers):
-            raise ConfigError("por.triggers", "needs at least two distinct trigger words")
-        if any(not t or " " in t.strip() or t != t.strip() for t in self.triggers):
-            raise ConfigError("por.triggers", f"each trigger must be one word, got {self.triggers!r}")
+        check_triggers(self.triggers, "por.triggers")
         if not self.c > 0:
             raise ConfigError("por.c", f"must be positive, got {self.c}")
         if not self.lam > 0:
@@ -81,6 +78,14 @@ class PorSettings:
             raise ConfigError("por.lr", f"must be in (0, 1), got {self.lr}")
         if self.batch_size < 1 or self.max_length < 4:
             raise ConfigError("por.batch_size", "batch_size must be >= 1 and max_length >= 4")
+
+
+def check_triggers(triggers: Sequence[str], key: str) -> None:
+    """Raise :class:`ConfigError` ``key`` unless ``triggers`` are two or more distinct single words."""
+    if len(triggers) < 2 or len(set(triggers)) != len(triggers):
+        raise ConfigError(key, "needs at least two distinct trigger words")
+    if any(not t or " " in t.strip() or t != t.strip() for t in triggers):
+        raise ConfigError(key, f"each trigger must be one word, got {list(triggers)!r}")
 
 
 def por_targets(n: int, d: int, c: float) -> torch.Tensor:

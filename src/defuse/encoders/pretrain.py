@@ -70,16 +70,26 @@ class MlmSettings:
         """Raise :class:`ConfigError` naming the bad field."""
         if self.epochs < 0:
             raise ConfigError("pretrain.epochs", f"must not be negative, got {self.epochs}")
-        if not 0 < self.lr < 1:
-            raise ConfigError("pretrain.lr", f"must be in (0, 1), got {self.lr}")
-        if not 0 < self.mask_prob < 1:
-            raise ConfigError("pretrain.mask_prob", f"must be in (0, 1), got {self.mask_prob}")
-        if self.batch_size < 1 or self.max_length < 4:
-            raise ConfigError("pretrain.batch_size", "batch_size must be >= 1 and max_length >= 4")
-        if not self.contrastive_weight >= 0:
-            raise ConfigError("pretrain.contrastive_weight", f"must be >= 0, got {self.contrastive_weight}")
-        if not self.temperature > 0:
-            raise ConfigError("pretrain.temperature", f"must be positive, got {self.temperature}")
+        check_masked_lm_settings(self, "pretrain")
+
+
+def check_masked_lm_settings(settings, prefix: str) -> None:
+    """The checks shared by masked-LM training settings (``lr``, ``mask_prob``, ``batch_size``,
+    ``max_length``, ``contrastive_weight``, ``temperature``).
+
+    Raises:
+        ConfigError: naming the bad field as ``prefix.field``.
+    """
+    if not 0 < settings.lr < 1:
+        raise ConfigError(f"{prefix}.lr", f"must be in (0, 1), got {settings.lr}")
+    if not 0 < settings.mask_prob < 1:
+        raise ConfigError(f"{prefix}.mask_prob", f"must be in (0, 1), got {settings.mask_prob}")
+    if settings.batch_size < 1 or settings.max_length < 4:
+        raise ConfigError(f"{prefix}.batch_size", "batch_size must be >= 1 and max_length >= 4")
+    if not settings.contrastive_weight >= 0:
+        raise ConfigError(f"{prefix}.contrastive_weight", f"must be >= 0, got {settings.contrastive_weight}")
+    if not settings.temperature > 0:
+        raise ConfigError(f"{prefix}.temperature", f"must be positive, got {settings.temperature}")
 
 
 def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
