@@ -64,11 +64,29 @@ def run_in_worker(out: str, cell: Cell, log_file: str, jobs: int) -> tuple[str |
     return error, time.monotonic() - start
 
 
+class _RecordingContext:
+    """The ``spawn`` multiprocessing context, remembering every process the pool starts through it (so
+    :meth:`Workers.stop` reaches each one, whenever the pool started it)."""
+
+    def __init__(self):
+        self._context = multiprocessing.get_context("spawn")
+        self.processes: list = []
+
+    def __getattr__(self, name: str):
+        return getattr(self._context, name)
+
+    def Process(self, *args, **kwargs):  # noqa: N802 (the multiprocessing context's name)
+        process = self._context.Process(*args, **kwargs)
+        self.processes.append(process)
+        return process
+
+
 class Workers:
     """A pool of ``jobs`` spawned worker processes, replaced by a fresh one when a worker died."""
 
     def __init__(self, jobs: int):
         self.jobs = jobs
+        self._context = _RecordingContext()
         self._pool = self._new_pool()
 
     def _new_pool(self) -> ProcessPoolExecutor:
@@ -77,7 +95,7 @@ class Workers:
         settings = (hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled())
         return ProcessPoolExecutor(
             max_workers=self.jobs,
-            mp_context=multiprocessing.get_context("spawn"),
+            mp_context=self._context,
             initializer=_init_worker,
             initargs=settings,
         )
@@ -98,12 +116,8 @@ class Workers:
 
     def stop(self) -> None:
         """Cancel what has not started and terminate the worker processes now."""
-        if hasattr(self._pool, "terminate_workers"):  # Python 3.14+
-            self._pool.terminate_workers()
-            return
-        # Before 3.14 the pool's processes are reachable only through its private map, which shutdown clears.
-        processes = list((getattr(self._pool, "_processes", None) or {}).values())
         self._pool.shutdown(wait=False, cancel_futures=True)
+        processes = [p for p in self._context.processes if p.is_alive()]
         for process in processes:
             process.terminate()
         for process in processes:
