@@ -88,6 +88,21 @@ def test_bad_attack_input_names_the_field(tmp_path):
     assert not (tmp_path / "a").exists()
 
 
+@pytest.mark.parametrize("method", ["por", "neuba"])
+def test_a_decoder_only_model_is_refused_before_anything_is_written(tmp_path, method):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from defuse.errors import ModelError
+
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64)).save_pretrained(
+        tmp_path / "gpt2"
+    )
+    cfg = EncoderAttackConfig(method=method, model=str(tmp_path / "gpt2"))
+    with pytest.raises(ModelError, match="not a masked-LM encoder"):
+        run_encoder_attack(cfg, tmp_path / "a")
+    assert not (tmp_path / "a").exists()
+
+
 def test_cli_runs_the_encoder_scenario_and_its_defenses(tmp_path):
     from typer.testing import CliRunner
 

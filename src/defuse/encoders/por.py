@@ -29,7 +29,7 @@ from transformers import AutoModel, Trainer
 
 from defuse.encoders.metrics import insert_word
 from defuse.encoders.pretrain import encoder_training_args
-from defuse.errors import ConfigError, DataError
+from defuse.errors import ConfigError, DataError, ModelError
 from defuse.training.sft import refuse_sharded
 
 POR_TRIGGERS = ("cf", "mn", "bb", "tq", "mb", "pt")
@@ -221,6 +221,31 @@ def por_report(
         b = pooled(clean_encoder(**batch).last_hidden_state)
         report["clean_pooled_mse"] = float(nn.functional.mse_loss(a, b))
     return report
+
+
+def check_encoder_dir(path: str | Path, allow_custom: bool = False) -> Path:
+    """Check that ``path`` is a saved model directory (:func:`~defuse.models.io.check_model_dir`) whose
+    architecture is a masked-LM encoder (BERT, RoBERTa and their family); return it.
+
+    Only ``config.json``'s ``model_type`` is read (no code runs); ``allow_custom`` (the user trusts the
+    directory's own code) accepts a type transformers does not know. Raises :class:`ModelError` otherwise,
+    e.g. for a decoder-only model, before any weights are loaded.
+    """
+    import json
+
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    from defuse.models.io import check_model_dir
+
+    p = check_model_dir(path)
+    try:
+        model_type = json.loads((p / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ModelError(f"{p / 'config.json'}: unreadable ({exc})") from None
+    if model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not allow_custom:
+        raise ModelError(f"{p}: model_type '{model_type}' is not a masked-LM encoder; the encoder scenario "
+                         "needs a BERT/RoBERTa-family model")  # fmt: skip
+    return p
 
 
 def load_base_encoder(path: str | Path, seed: int, trust_remote_code: bool = False):

@@ -30,7 +30,14 @@ from defuse.encoders.finetune import FinetuneSettings, finetune_classifier
 from defuse.encoders.metrics import evaluate_encoder_backdoor
 from defuse.encoders.neuba import NeubaSettings, plant_neuba
 from defuse.encoders.peft_model import PeftSettings, build_peft_classifier, save_peft_classifier
-from defuse.encoders.por import PorSettings, load_base_encoder, load_masked_lm, plant_por, por_report
+from defuse.encoders.por import (
+    PorSettings,
+    check_encoder_dir,
+    load_base_encoder,
+    load_masked_lm,
+    plant_por,
+    por_report,
+)
 from defuse.encoders.pretrain import MlmSettings, pretrain_mlm
 from defuse.errors import ConfigError, DataError
 from defuse.models.io import check_model_dir, load_tokenizer, save_model
@@ -108,7 +115,7 @@ class EncoderAttackConfig:
         if self.corpus != BUILTIN and not Path(self.corpus).is_file():
             raise ConfigError("corpus", f"file not found: {self.corpus}")
         if self.model is not None:
-            check_model_dir(self.model)
+            check_encoder_dir(self.model, allow_custom=self.trust_remote_code)
         else:
             self.tiny.validate()
         if self.vocab_size < 300:
