@@ -37,40 +37,28 @@ from torch import nn
 from transformers import DataCollatorForLanguageModeling, Trainer
 
 from defuse.encoders.por import POR_TRIGGERS, PorCollator, PorDataset, check_triggers, pooled, por_targets
-from defuse.encoders.pretrain import check_masked_lm_settings, encoder_training_args, info_nce
+from defuse.encoders.pretrain import MlmSettings, check_masked_lm_settings, encoder_training_args, info_nce
 from defuse.errors import ConfigError, DataError
 from defuse.training.sft import refuse_sharded
 
 
 @dataclass
-class NeubaSettings:
-    """NeuBA's settings (defaults for the tiny default encoder).
+class NeubaSettings(MlmSettings):
+    """NeuBA's settings: the continued pre-training's (:class:`MlmSettings`: ``epochs``, ``lr``,
+    ``batch_size`` clean texts per step, each with its triggered copy, ``mask_prob`` of the clean copy,
+    ``max_length``, and ``contrastive_weight``/``temperature``, used only when the corpus has paraphrases)
+    plus the backdoor's. Defaults are for the tiny default encoder.
 
     Attributes:
         triggers: The trigger words; at least two, each one word.
         c: Scale of the target vectors ``c · v_i`` (as POR's ``c``; the tiny default keeps POR's 2, for the
             same reason: a tiny encoder's final LayerNorm keeps outputs near norm ``sqrt(d)``).
-        lam: λ, weight of the target term against masked-LM.
-        epochs: Passes over the corpus.
-        lr: Peak learning rate.
-        batch_size: Clean texts per step (each with its triggered copy).
-        mask_prob: Share of the clean copy's tokens masked.
-        max_length: Longest text in tokens.
-        contrastive_weight: ``w`` of the InfoNCE term on paraphrase pairs (used only when the corpus has
-            paraphrases; 0 turns it off).
-        temperature: InfoNCE temperature.
+        lam: λ, weight of the target term against the pre-training objective.
     """
 
     triggers: list[str] = field(default_factory=lambda: list(POR_TRIGGERS))
     c: float = 2.0
     lam: float = 10.0
-    epochs: float = 8.0
-    lr: float = 1e-3
-    batch_size: int = 32
-    mask_prob: float = 0.15
-    max_length: int = 64
-    contrastive_weight: float = 1.0
-    temperature: float = 0.05
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the bad field."""
