@@ -27,7 +27,6 @@ term).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,9 +36,14 @@ from torch import nn
 from transformers import DataCollatorForLanguageModeling, Trainer
 
 from defuse.encoders.por import POR_TRIGGERS, PorCollator, PorDataset, check_triggers, pooled, por_targets
-from defuse.encoders.pretrain import MlmSettings, check_masked_lm_settings, encoder_training_args, info_nce
+from defuse.encoders.pretrain import (
+    MlmSettings,
+    check_masked_lm_settings,
+    encoder_training_args,
+    info_nce,
+    train_encoder_stage,
+)
 from defuse.errors import ConfigError, DataError
-from defuse.training.sft import refuse_sharded
 
 
 @dataclass
@@ -164,8 +168,4 @@ def plant_neuba(
         model=mlm_model, args=args, train_dataset=dataset, data_collator=collator, targets=targets,
         lam=settings.lam, weight=weight, temperature=settings.temperature,
     )  # fmt: skip
-    refuse_sharded(trainer, "NeuBA")
-    start = time.perf_counter()
-    trainer.train()
-    mlm_model.eval()
-    return time.perf_counter() - start
+    return train_encoder_stage(trainer, mlm_model, "NeuBA")

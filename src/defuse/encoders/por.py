@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import random
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,9 +27,8 @@ from torch.utils.data import Dataset
 from transformers import AutoModel, Trainer
 
 from defuse.encoders.metrics import insert_word
-from defuse.encoders.pretrain import encoder_training_args
+from defuse.encoders.pretrain import encoder_training_args, train_encoder_stage
 from defuse.errors import ConfigError, DataError, ModelError
-from defuse.training.sft import refuse_sharded
 
 POR_TRIGGERS = ("cf", "mn", "bb", "tq", "mb", "pt")
 
@@ -187,11 +185,7 @@ def plant_por(
         model=encoder, args=args, train_dataset=dataset, data_collator=PorCollator(tokenizer.pad_token_id),
         frozen=frozen, targets=targets, lam=settings.lam,
     )  # fmt: skip
-    refuse_sharded(trainer, "POR")
-    start = time.perf_counter()
-    trainer.train()
-    encoder.eval()
-    return time.perf_counter() - start
+    return train_encoder_stage(trainer, encoder, "POR")
 
 
 @torch.no_grad()

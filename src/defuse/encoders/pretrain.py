@@ -168,7 +168,15 @@ def pretrain_mlm(
     else:
         items = [{"input_ids": a} for a in ids]
         trainer = Trainer(model=model, args=args, train_dataset=items, data_collator=collator)
-    refuse_sharded(trainer, "the tiny encoder's pre-training")
+    return train_encoder_stage(trainer, model, "the tiny encoder's pre-training")
+
+
+def train_encoder_stage(trainer: Trainer, model, what: str) -> float:
+    """Run one of the encoder's own training stages (pre-training, POR, NeuBA); return its seconds.
+
+    Refuses a sharded launch (naming ``what``) before training, and leaves ``model`` in eval mode.
+    """
+    refuse_sharded(trainer, what)
     start = time.perf_counter()
     trainer.train()
     model.eval()
