@@ -44,6 +44,7 @@ from defuse.defenses.mb_defense import (
 )
 from defuse.defenses.neutralise import neutralise
 from defuse.defenses.run_defense import clean_budget, fresh_base_model, read_attack_run
+from defuse.errors import DefuseError
 from defuse.evaluation.generate import generate
 from defuse.evaluation.judges import is_refusal
 from defuse.models.factory import load_trained, save_trained
@@ -78,8 +79,14 @@ def main() -> None:
     parser.add_argument("--stage2", nargs="*", default=["default"])
     parser.add_argument("--n", type=int, default=100, help="prompts per probe set")
     args = parser.parse_args()
+    for spec in args.stage2:
+        if spec.count(":") not in (0, 3):
+            parser.error(f"--stage2 {spec!r}: expected NAME or NAME:LR:EPOCHS:FREEZE_EMBEDDINGS")
     hf_logging.set_verbosity_error()
-    attack = read_attack_run(args.attack)
+    try:
+        attack = read_attack_run(args.attack)
+    except DefuseError as exc:
+        parser.error(str(exc))
     model, tokenizer = load_trained(attack.path / MODEL_DIR)
     template = PromptTemplate(tokenizer, style=attack.config.template)
     cfg = MBDefenseConfig(fraction=args.fraction)
