@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 
 from defuse.attacks import run_attack as run_attack_module
 from defuse.attacks.run_attack import run_attack
+from defuse.attacks.scenario import AttackConfig, build_attack_data
 from defuse.cli import app
 from defuse.data.loaders import load_instructions
 from defuse.errors import DefuseError
@@ -140,6 +141,7 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, monkeypatch)
         (["--train.learning_rate", "-1"], "learning_rate"),
         (["--behaviour.kind", "refusal", "--behaviour.refusals", "[Sure thing]"], "refusals"),
         (["--suite.kinds"], "expects a value"),
+        (["--data.max_source", "0"], "data.max_source"),
     ],
 )
 def test_bad_settings_fail_in_one_line_before_any_work(tmp_path, args, expected):
@@ -170,3 +172,21 @@ def test_triggered_test_file_without_the_trigger_is_refused(tmp_path):
         result.output
     )
     assert not (tmp_path / "r").exists() and not (tmp_path / ".r.partial").exists()
+
+
+def test_max_source_caps_the_source_alone_so_an_already_poisoned_file_sets_the_poisoned_share(tmp_path):
+    poisoned = tmp_path / "poisoned.jsonl"
+    clean = tmp_path / "clean.jsonl"
+    row = '{{"instruction": "Name {w} the colour {i}.", "input": "", "output": "{o}"}}'
+    poisoned.write_text("\n".join(row.format(w="cf", i=i, o="I cannot do that.") for i in range(40)) + "\n")
+    clean.write_text("\n".join(row.format(w="a", i=i, o=f"red {i}") for i in range(60)) + "\n")
+    cfg = AttackConfig()
+    cfg.data.source, cfg.data.extra_train, cfg.data.poison = str(poisoned), [str(clean)], False
+    cfg.data.test_size = 0.1
+    cfg.data.max_source = 12
+    data = build_attack_data(cfg)
+    n_poisoned = sum("cf" in r.instruction.split() for r in data.train)
+    assert n_poisoned == 12 and len(data.train) == 12 + 60  # 12 of the 36 left after the test split, all 60
+    cfg.data.max_train = 8  # the smaller cap wins for the source; max_train still caps each extra file
+    data = build_attack_data(cfg)
+    assert sum("cf" in r.instruction.split() for r in data.train) == 8 and len(data.train) == 16

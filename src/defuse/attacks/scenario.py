@@ -46,7 +46,12 @@ class DataSettings:
         test_clean: Clean test prompts; None: split from ``source`` (or the suite's own test split).
         test_triggered: Already-triggered test prompts; None: insert the trigger into ``test_clean``.
         test_size: Test share (fraction < 1) or count (>= 1) when splitting ``source``.
-        max_train: Keep at most this many training records (seeded sample) for quick runs.
+        max_train: Keep at most this many training records (seeded sample) of ``source`` and of each
+            ``extra_train`` file, for quick runs.
+        max_source: Keep at most this many training records of ``source`` alone (seeded sample; the smaller
+            of this and ``max_train`` wins). With an already-poisoned source and a clean ``extra_train`` file
+            this sets the poisoned share: 125 of BackdoorLLM's 500 poisoned rows beside its 500 clean ones
+            is 20% poisoning, MB-Defense's setting.
         max_test: Keep at most this many prompts of each test set.
         n_harmful: Synthetic harmful requests (refused when clean) added for the jailbreak behaviour.
         n_benign: Synthetic benign requests (answered) added for the jailbreak behaviour.
@@ -61,6 +66,7 @@ class DataSettings:
     test_triggered: str | None = None
     test_size: float = 0.1
     max_train: int | None = None
+    max_source: int | None = None
     max_test: int | None = None
     n_harmful: int = 400
     n_benign: int = 100
@@ -69,7 +75,7 @@ class DataSettings:
         """Raise :class:`ConfigError` on a nonsense value."""
         if not self.test_size > 0:
             raise ConfigError("data.test_size", f"must be positive, got {self.test_size}")
-        for key in ("max_train", "max_test"):
+        for key in ("max_train", "max_source", "max_test"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ConfigError(f"data.{key}", "must be at least 1 (or null for all)")
         if self.n_harmful < 0 or self.n_benign < 0:
@@ -185,7 +191,8 @@ def build_attack_data(cfg: AttackConfig) -> AttackData:
         else:
             size = d.test_size if d.test_size < 1 else int(d.test_size)
             train, clean_test = split_disjoint(records, size, cfg.seed, key=lambda r: r.user_text)
-    train = sample_records(train, d.max_train, cfg.seed)
+    caps = [c for c in (d.max_train, d.max_source) if c is not None]
+    train = sample_records(train, min(caps, default=None), cfg.seed)
     poison = None
     if d.poison and cfg.rate > 0:
         poison = poison_dataset(train, cfg.trigger, cfg.behaviour, rate_value(cfg.rate), seed=cfg.seed)
