@@ -36,7 +36,7 @@ from defuse.config import config_from_dict
 from defuse.encoders.metrics import evaluate_encoder_backdoor
 from defuse.encoders.peft_model import load_peft_classifier
 from defuse.encoders.run import EncoderDefenseConfig, read_encoder_attack
-from defuse.encoders.scores import capture_attention_forward
+from defuse.encoders.scores import capture_attention_forward, set_attention
 from defuse.errors import DefuseError
 from defuse.runs.rundir import read_run
 
@@ -99,12 +99,7 @@ def use_hiding_attention(model) -> None:
     """Register the hiding attention, switch ``model`` (peft-wrapped or not) to it, record its input ids."""
     AttentionInterface.register(HIDING_ATTENTION, hiding_attention_forward)
     AttentionMaskInterface.register(HIDING_ATTENTION, eager_mask)
-    base = model
-    while not hasattr(base, "set_attn_implementation") and hasattr(base, "base_model"):
-        base = base.base_model
-    if hasattr(base, "get_base_model"):
-        base = base.get_base_model()
-    base.set_attn_implementation(HIDING_ATTENTION)
+    set_attention(model, HIDING_ATTENTION)
 
     def keep_ids(_module, args, kwargs):
         STATE.input_ids = kwargs.get("input_ids", args[0] if args else None)

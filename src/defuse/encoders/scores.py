@@ -116,15 +116,20 @@ def register_capture_attention() -> str:
     return CAPTURE_ATTENTION
 
 
-def use_capture_attention(model) -> None:
-    """Switch ``model`` (a transformers model, or a peft model wrapping one) to the capturing attention."""
-    register_capture_attention()
+def set_attention(model, name: str) -> None:
+    """Switch ``model`` (a transformers model, or a peft model wrapping one) to the registered attention
+    function ``name``."""
     base = model
     while not hasattr(base, "set_attn_implementation") and hasattr(base, "base_model"):
         base = base.base_model
     if hasattr(base, "get_base_model"):
         base = base.get_base_model()
-    base.set_attn_implementation(CAPTURE_ATTENTION)
+    base.set_attn_implementation(name)
+
+
+def use_capture_attention(model) -> None:
+    """Switch ``model`` (a transformers model, or a peft model wrapping one) to the capturing attention."""
+    set_attention(model, register_capture_attention())
 
 
 def first_row_score_norm(recorder: ScoreRecorder) -> torch.Tensor:
