@@ -45,7 +45,8 @@ MODES = ("plain", "cls", "all")
 
 
 class TriggerHiding:
-    """State the hiding attention reads: the batch's input ids, the trigger piece sequences, the mode."""
+    """State the hiding attention reads: the trigger piece sequences, the mode, and the current batch's hidden
+    positions (found once per forward pass, by :meth:`find`, not once per layer)."""
 
     def __init__(self, tokenizer, triggers: list[str]):
         self.pieces = []
@@ -55,11 +56,10 @@ class TriggerHiding:
                 if ids and ids not in self.pieces:
                     self.pieces.append(ids)
         self.mode = "plain"
-        self.input_ids: torch.Tensor | None = None
+        self.hidden: torch.Tensor | None = None
 
-    def hidden_positions(self) -> torch.Tensor:
-        """Bool ``(batch, length)``: the positions of any trigger's sub-word sequence in the current batch."""
-        ids = self.input_ids
+    def find(self, ids: torch.Tensor) -> None:
+        """Set ``hidden``, bool ``(batch, length)``: where any trigger's sub-words stand in ``ids``."""
         hidden = torch.zeros(ids.shape, dtype=torch.bool)
         for row in range(ids.shape[0]):
             seq = ids[row].tolist()
@@ -68,7 +68,7 @@ class TriggerHiding:
                 for start in range(len(seq) - n + 1):
                     if seq[start : start + n] == pieces:
                         hidden[row, start : start + n] = True
-        return hidden
+        self.hidden = hidden
 
 
 STATE: TriggerHiding | None = None
@@ -76,10 +76,12 @@ STATE: TriggerHiding | None = None
 
 def hiding_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """The capturing eager attention with the trigger's keys masked out for the rows ``STATE.mode`` names."""
-    if STATE is not None and STATE.mode != "plain" and STATE.input_ids is not None:
-        hidden = STATE.hidden_positions().to(query.device)
+    if STATE is not None and STATE.mode != "plain" and STATE.hidden is not None:
+        hidden = STATE.hidden.to(query.device)
         offset = key.shape[-2] - hidden.shape[1]  # prefix tuning prepends its virtual keys
-        extra = torch.zeros(query.shape[0], 1, query.shape[-2], key.shape[-2], dtype=query.dtype)
+        extra = torch.zeros(
+            query.shape[0], 1, query.shape[-2], key.shape[-2], dtype=query.dtype, device=query.device
+        )
         rows = slice(0, 1) if STATE.mode == "cls" else slice(None)
         block = torch.zeros_like(extra[:, :, rows, offset:])
         block = block.masked_fill(hidden[:, None, None, :], torch.finfo(query.dtype).min)
@@ -90,21 +92,23 @@ def hiding_attention_forward(module, query, key, value, attention_mask, scaling=
             base = attention_mask[:, :, :, : key.shape[-2]]
             if base.dtype == torch.bool:
                 lowest = torch.finfo(query.dtype).min
-                base = torch.zeros(base.shape, dtype=query.dtype).masked_fill(~base, lowest)
+                base = torch.zeros(base.shape, dtype=query.dtype, device=query.device).masked_fill(
+                    ~base, lowest
+                )
             attention_mask = (base + extra).clamp(min=torch.finfo(query.dtype).min)
     return capture_attention_forward(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
 
 
 def use_hiding_attention(model) -> None:
-    """Register the hiding attention, switch ``model`` (peft-wrapped or not) to it, record its input ids."""
+    """Switch ``model`` (peft-wrapped or not) to the hiding attention; find each batch's trigger."""
     AttentionInterface.register(HIDING_ATTENTION, hiding_attention_forward)
     AttentionMaskInterface.register(HIDING_ATTENTION, eager_mask)
     set_attention(model, HIDING_ATTENTION)
 
-    def keep_ids(_module, args, kwargs):
-        STATE.input_ids = kwargs.get("input_ids", args[0] if args else None)
+    def find_trigger(_module, args, kwargs):
+        STATE.find(kwargs.get("input_ids", args[0] if args else None))
 
-    model.register_forward_pre_hook(keep_ids, with_kwargs=True)
+    model.register_forward_pre_hook(find_trigger, with_kwargs=True)
 
 
 def measure(run_dir: Path) -> dict:
@@ -113,6 +117,8 @@ def measure(run_dir: Path) -> dict:
     record = read_run(run_dir)
     if record.get("config", {}).get("scenario") != "encoder" or record["kind"] != "defense":
         raise DefuseError(f"{run_dir / 'run.json'}: not an encoder-scenario defense run")
+    if not record.get("parent") or not (run_dir / "model" / "defuse_peft.json").is_file():
+        raise DefuseError(f"{run_dir}: no trained victim (model/defuse_peft.json) or no parent attack run")
     res = config_from_dict(EncoderDefenseConfig, record["config"]["defense"], source=run_dir / "run.json")
     _, attack_cfg = read_encoder_attack(record["parent"])
     _, test = res.data.load()
