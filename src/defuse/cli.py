@@ -17,6 +17,7 @@ from defuse import __version__
 from defuse.cli_bench import bench, report
 from defuse.cli_common import console, quiet_libraries, user_errors
 from defuse.cli_data import data_app
+from defuse.cli_model import model_app
 from defuse.errors import DefuseError
 
 app = typer.Typer(
@@ -319,6 +320,7 @@ def train(
 app.command()(bench)
 app.command()(report)
 app.add_typer(data_app, name="data")
+app.add_typer(model_app, name="model")
 
 
 def main() -> None:
