@@ -78,6 +78,9 @@ def main() -> None:
     parser.add_argument("--many", type=int, default=0, help="use N generated defensive triggers")
     parser.add_argument("--stage2", nargs="*", default=["default"])
     parser.add_argument("--n", type=int, default=100, help="prompts per probe set")
+    parser.add_argument("--batch-size", type=int, default=0, help="stage-2 batch (rows; 0: the default)")
+    parser.add_argument("--grad-accum", type=int, default=1, help="stage-2 gradient accumulation")
+    parser.add_argument("--clean-samples", type=int, default=MBDefenseConfig.clean_samples)
     args = parser.parse_args()
     for spec in args.stage2:
         if spec.count(":") not in (0, 3):
@@ -89,7 +92,9 @@ def main() -> None:
         parser.error(str(exc))
     model, tokenizer = load_trained(attack.path / MODEL_DIR)
     template = PromptTemplate(tokenizer, style=attack.config.template)
-    cfg = MBDefenseConfig(fraction=args.fraction)
+    cfg = MBDefenseConfig(fraction=args.fraction, clean_samples=args.clean_samples)
+    if args.batch_size:
+        cfg.neutralise = replace(cfg.neutralise, batch_size=args.batch_size, grad_accum=args.grad_accum)
     if args.many:
         many_triggers(cfg, args.many)
     cfg.validate()
