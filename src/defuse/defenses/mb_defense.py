@@ -39,6 +39,9 @@ Fidelity notes (ours where the paper is silent):
   at 20% poisoning (seed 0, benchmarks/RESULTS.md), at 1% the attacker's trigger still refuses on 100% of
   triggered prompts after stage 1 and on 70% after stage 2: the backdoors did not merge. At 5% they do: after
   stage 1 the attacker's trigger answers with a defensive response, and stage 2 breaks both (ASR 0%).
+  Merging is not guaranteed: on SmolLM2-135M-Instruct with BackdoorLLM's refusal data (250 rows) the
+  backdoors stay separate at 5% and at 10% per trigger, and ASR falls by 13% only. Check it on your own
+  run with ``benchmarks/mb_defense_merge.py``.
 * Stage 2 keeps the token embeddings and output head frozen (``neutralise.freeze_embeddings``), like the
   post-training defenses: it keeps 2-3 points of clean accuracy on the tiny default at the same ASR.
 """
