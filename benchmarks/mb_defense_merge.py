@@ -82,6 +82,8 @@ def main() -> None:
     parser.add_argument("--grad-accum", type=int, default=1, help="stage-2 gradient accumulation")
     parser.add_argument("--clean-samples", type=int, default=MBDefenseConfig.clean_samples)
     args = parser.parse_args()
+    if args.batch_size < 0 or args.grad_accum < 1 or args.clean_samples < 2:
+        parser.error("--batch-size must be >= 0, --grad-accum >= 1 and --clean-samples >= 2")
     for spec in args.stage2:
         if spec.count(":") not in (0, 3):
             parser.error(f"--stage2 {spec!r}: expected NAME or NAME:LR:EPOCHS:FREEZE_EMBEDDINGS")
