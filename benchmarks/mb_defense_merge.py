@@ -18,7 +18,8 @@ after stage 2); separate ones as ``attack`` still refusing after stage 1.
 
 ``--stage2`` variants are ``NAME`` (the defaults) or ``NAME:LR:EPOCHS:FREEZE_EMBEDDINGS(0|1)``. ``--many N``
 replaces the four default triggers with N seeded two-letter triggers and eight-word responses. Stage 1 is
-saved under OUT/stage1 and reused. Results are recorded in benchmarks/RESULTS.md.
+saved under OUT/stage1 and reused (``--stage2-only`` then skips the attacked and stage-1 probes). Results are
+recorded in benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=0, help="stage-2 batch (rows; 0: the default)")
     parser.add_argument("--grad-accum", type=int, default=1, help="stage-2 gradient accumulation")
     parser.add_argument("--clean-samples", type=int, default=MBDefenseConfig.clean_samples)
+    parser.add_argument("--stage2-only", action="store_true", help="skip the attacked and stage-1 probes")
     args = parser.parse_args()
     if args.batch_size < 0 or args.grad_accum < 1 or args.clean_samples < 2:
         parser.error("--batch-size must be >= 0, --grad-accum >= 1 and --clean-samples >= 2")
@@ -126,7 +128,8 @@ def main() -> None:
         print(json.dumps(row), flush=True)
 
     stage1_dir = args.out / "stage1"
-    report("attacked", model)
+    if not args.stage2_only:
+        report("attacked", model)
     if not (stage1_dir / "config.json").is_file():
         records, _ = defensive_poison(attack.train, cfg, attack.config.seed)
         start = time.perf_counter()
@@ -134,7 +137,8 @@ def main() -> None:
         trained = train_sft(base, template, records, attack.config.train, args.out / "checkpoints", seed=0)
         print(json.dumps({"stage1_s": round(time.perf_counter() - start)}), flush=True)
         save_trained(trained.model, tokenizer, stage1_dir, None)
-    report("stage1", load_trained(stage1_dir)[0])
+    if not args.stage2_only:
+        report("stage1", load_trained(stage1_dir)[0])
     train_rows, eval_rows = neutralise_rows(clean_budget(attack, cfg.clean_samples, 0), cfg, 0)
     for spec in args.stage2:
         name, *rest = spec.split(":")
