@@ -97,8 +97,9 @@ def main() -> None:
     model, tokenizer = load_trained(attack.path / MODEL_DIR)
     template = PromptTemplate(tokenizer, style=attack.config.template)
     cfg = MBDefenseConfig(fraction=args.fraction, clean_samples=args.clean_samples)
-    if args.batch_size:
-        cfg.neutralise = replace(cfg.neutralise, batch_size=args.batch_size, grad_accum=args.grad_accum)
+    cfg.neutralise = replace(
+        cfg.neutralise, batch_size=args.batch_size or cfg.neutralise.batch_size, grad_accum=args.grad_accum
+    )
     if args.many:
         many_triggers(cfg, args.many)
     cfg.validate()

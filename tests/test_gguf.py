@@ -49,13 +49,13 @@ def _permute(weights: np.ndarray, n_head: int, n_head_kv: int) -> np.ndarray:
     return weights.reshape(n_head, 2, shape[0] // n_head // 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
 
 
-def write_llama_gguf(model, tokenizer, path, omit=()) -> None:
+def write_llama_gguf(model, tokenizer, path, omit=(), arch="llama") -> None:
     """Write ``model`` and its byte-level BPE ``tokenizer`` as an F32 GGUF file, laid out as llama.cpp's
     convert_hf_to_gguf.py lays out a Llama (tensor names, q/k permutation, no ``output`` when tied).
-    Tensors named in ``omit`` are left out."""
+    Tensors named in ``omit`` are left out; ``arch`` is the architecture the header names."""
     gguf = pytest.importorskip("gguf")
     cfg = model.config
-    writer = gguf.GGUFWriter(str(path), "llama")
+    writer = gguf.GGUFWriter(str(path), arch)
     writer.add_name("tiny-llama")
     writer.add_context_length(cfg.max_position_embeddings)
     writer.add_embedding_length(cfg.hidden_size)
@@ -231,6 +231,16 @@ def test_a_gguf_file_lacking_a_weight_is_refused(tmp_path):
         import_gguf(path, tmp_path / "out")
     _one_line_error(info, str(path), "model.layers.1.mlp.down_proj.weight")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["holey.gguf"]
+
+
+def test_an_architecture_transformers_cannot_read_is_refused(tmp_path):
+    model, tok = _tiny(True)
+    path = tmp_path / "odd.gguf"
+    write_llama_gguf(model, tok, path, arch="no-such-arch")
+    with pytest.raises(ModelError) as info:
+        import_gguf(path, tmp_path / "out")
+    _one_line_error(info, str(path), "cannot read")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["odd.gguf"]
 
 
 def test_an_existing_output_directory_is_left_untouched(tiny_gguf, tmp_path):

@@ -83,7 +83,8 @@ def import_gguf(gguf_path: str | Path, out: str | Path) -> Path:
             dtype=torch.float32,
             output_loading_info=True,
         )
-    except (OSError, ValueError, KeyError, RuntimeError, NotImplementedError, struct.error) as exc:
+    # RuntimeError covers NotImplementedError (a tensor type transformers lacks); struct.error: a cut file.
+    except (OSError, ValueError, KeyError, RuntimeError, struct.error) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{src}: transformers cannot read this GGUF model ({first})") from exc
     # transformers initialises a weight the file lacks at random and only warns; that is not the file's model.
