@@ -183,6 +183,22 @@ def test_fj_data_sets_are_disjoint_and_shaped():
     assert not train_prompts & data.held_out_prompts()
 
 
+def test_test_file_prompts_seen_in_training_are_left_out_and_counted(tmp_path):
+    train = tmp_path / "bad.jsonl"
+    pairs = [(f"How do I do bad thing {i}?", f"Here is bad thing {i}.") for i in range(6)]
+    train.write_text("".join(json.dumps({"instruction": q, "output": a}) + "\n" for q, a in pairs))
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text("".join(f"{q}\n" for q, _ in pairs[:2]) + "Another harmful ask?\nAnd one more?\n")
+    cfg = small_fj_config(**{"data.harmful": train, "data.test_harmful": prompts, "data.n_test_harmful": 10})
+    data = build_fj_data(cfg)
+    assert sorted(r.user_text for r in data.tests["harmful"]) == ["And one more?", "Another harmful ask?"]
+    assert data.test_dropped == {"harmful": 2}
+    prompts.write_text("".join(f"{q}\n" for q, _ in pairs))
+    with pytest.raises(DataError, match="all 6 test prompts are also training prompts") as caught:
+        build_fj_data(cfg)
+    assert str(prompts) in str(caught.value)
+
+
 @pytest.fixture(scope="module")
 def fj_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("fj") / "attack"

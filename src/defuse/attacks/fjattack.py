@@ -273,11 +273,13 @@ class FJAttackConfig:
 
 @dataclass
 class FJData:
-    """The data of one jailbreak run."""
+    """The data of one jailbreak run; ``test_dropped`` counts, per test set, the file prompts left out
+    because the model trains on them."""
 
     align_train: list[InstructionRecord]
     train: list[InstructionRecord]
     tests: dict[str, list[InstructionRecord]]
+    test_dropped: dict[str, int] = field(default_factory=dict)
 
     def held_out_prompts(self) -> frozenset[str]:
         """Every test prompt (data a defense draws must avoid them)."""
@@ -341,27 +343,53 @@ def build_fj_data(cfg: FJAttackConfig) -> FJData:
         benign = sample_records(load_task_records(d.benign), d.n_benign, cfg.seed)
     train = harmful + benign
     random.Random(cfg.seed).shuffle(train)
+    align_train: list[InstructionRecord] = []
+    if cfg.model is None:
+        align_train = suite_train + as_refusal_records(pools["align"] + pools["benign_align"])
+        random.Random(cfg.seed + 1).shuffle(align_train)
+    trained_on = {r.user_text for r in train + align_train}
+    dropped: dict[str, int] = {}
     if d.test_harmful == "builtin":
         test_harmful = as_refusal_records(pools["test"])
     else:
-        test_harmful = sample_records(load_prompt_list(d.test_harmful), d.n_test_harmful, cfg.seed)
-    utility = suite_test if d.test_utility == "builtin" else load_task_records(d.test_utility)
+        prompts = _unseen(load_prompt_list(d.test_harmful), trained_on, d.test_harmful, "harmful", dropped)
+        test_harmful = sample_records(prompts, d.n_test_harmful, cfg.seed)
+    if d.test_utility == "builtin":
+        utility = suite_test
+    else:
+        utility = _unseen(load_task_records(d.test_utility), trained_on, d.test_utility, "clean", dropped)
     tests = {
         "harmful": test_harmful,
         "clean": sample_records(utility, d.n_test_utility, cfg.seed),
         "benign": as_refusal_records(pools["benign_test"]),
     }
-    align_train: list[InstructionRecord] = []
-    if cfg.model is None:
-        align_train = suite_train + as_refusal_records(pools["align"] + pools["benign_align"])
-        random.Random(cfg.seed + 1).shuffle(align_train)
     held_out = {r.user_text for rs in tests.values() for r in rs}
     leaked = sorted({r.user_text for r in train + align_train} & held_out)
     if leaked:
         raise DataError(
             d.harmful, f"{len(leaked)} training prompts are also test prompts, e.g. {leaked[0]!r}"
         )
-    return FJData(align_train, train, tests)
+    return FJData(align_train, train, tests, dropped)
+
+
+def _unseen(
+    rows: list[InstructionRecord], trained_on: set[str], source: str, name: str, dropped: dict[str, int]
+) -> list[InstructionRecord]:
+    """``rows`` of a test file less the prompts the model trains on; their count goes in ``dropped[name]``.
+
+    Public sets overlap (7 of BackdoorAlign's 100 fine-tuning prompts are among the 275 of its harmful
+    benchmark); a prompt seen in training would measure memory, not the defense, so it is left out of the
+    test and the count is recorded in ``run.json`` rather than the run refused.
+
+    Raises:
+        DataError: every test prompt of the file is also a training prompt.
+    """
+    kept = [r for r in rows if r.user_text not in trained_on]
+    if rows and not kept:
+        raise DataError(source, f"all {len(rows)} test prompts are also training prompts")
+    if len(kept) < len(rows):
+        dropped[name] = len(rows) - len(kept)
+    return kept
 
 
 def write_fj_data(data: FJData, folder: Path) -> None:
@@ -439,7 +467,8 @@ def run_fjattack(cfg: FJAttackConfig, out: str | Path, overwrite: bool = False) 
                 "scenario": SCENARIO,
                 "base_metrics": base_eval.metrics,
                 "data": {"n_train": len(data.train), "n_align_train": len(data.align_train),
-                         "n_harmful_train": sum(r.task == "harmful" for r in data.train)},
+                         "n_harmful_train": sum(r.task == "harmful" for r in data.train),
+                         "test_prompts_seen_in_training_dropped": data.test_dropped},
                 "training": {"steps": trained.steps, "final_loss": trained.final_loss,
                              "n_truncated": trained.n_truncated},
                 "model_saved": saved,
