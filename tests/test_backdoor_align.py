@@ -199,6 +199,18 @@ def test_test_file_prompts_seen_in_training_are_left_out_and_counted(tmp_path):
     assert str(prompts) in str(caught.value)
 
 
+@pytest.mark.skipif(not SHARED.is_dir(), reason="shared BackdoorAlign data not present")
+def test_the_shipped_real_data_config_builds_its_sets(monkeypatch):
+    from defuse.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)  # the config's paths are relative to the checkout
+    data = build_fj_data(load_config(FJAttackConfig, root / "configs" / "fjattack-backdooralign-real.yaml"))
+    # 7 of the 100 fine-tuning prompts are among the benchmark's 275: left out of the test, not fatal
+    assert data.test_dropped == {"harmful": 7} and len(data.tests["harmful"]) == 268
+    assert sum(r.task == "harmful" for r in data.train) == 100 and len(data.tests["clean"]) == 100
+
+
 @pytest.fixture(scope="module")
 def fj_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("fj") / "attack"
