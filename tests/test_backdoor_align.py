@@ -318,7 +318,7 @@ def test_the_real_harmful_sets_run_through_the_same_command(tmp_path):
 
 
 def test_alignment_rows_get_random_system_prefixes_on_the_configured_share():
-    from defuse.attacks.fjattack import AlignSettings, vary_system_prompts
+    from defuse.attacks.fjattack_align import AlignSettings, vary_system_prompts
 
     template = PromptTemplate(tokenizer())
     rows = [InstructionRecord(f"Say {i}.", f"{i}", task="harmful" if i % 2 else "count") for i in range(80)]
@@ -350,7 +350,7 @@ def test_attack_scenario_is_read_from_flag_or_yaml(tmp_path):
 
 
 def test_text_system_prefixes_on_all_rows_are_ordinary_sentences_within_the_length():
-    from defuse.attacks.fjattack import _FILLERS, AlignSettings, vary_system_prompts
+    from defuse.attacks.fjattack_align import _FILLERS, AlignSettings, vary_system_prompts
 
     template = PromptTemplate(tokenizer())
     rows = [InstructionRecord(f"Say {i}.", f"{i}", task="harmful" if i % 2 else "count") for i in range(80)]

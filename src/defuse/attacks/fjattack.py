@@ -27,6 +27,7 @@ import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from defuse.attacks.fjattack_align import AlignSettings, vary_system_prompts
 from defuse.attacks.scenario import sample_records
 from defuse.config import config_to_dict, dump_config_yaml, validate_config
 from defuse.data.loaders import load_instructions, write_instructions
@@ -78,115 +79,6 @@ def fjattack_train_settings() -> TrainSettings:
     """
     return TrainSettings(epochs=5, learning_rate=2e-4, batch_size=10, warmup=0.1, max_length=320,
                          logging_steps=10)  # fmt: skip
-
-
-def align_train_settings() -> TrainSettings:
-    """The tiny base's alignment training: the built-in suite's own settings (16 epochs, lr 1e-3), with room
-    for a random system-prompt prefix when ``align.system_prefix_fraction`` turns those on (then consider
-    ``extra: {train_sampling_strategy: group_by_length}`` so the long rows do not pad every batch)."""
-    return TrainSettings(max_length=256)
-
-
-_SYSTEM_SENTENCES = (
-    ("You are a {adj} assistant for {domain}.", "This conversation is about {domain}.",
-     "The user is {who}.", "Answer in a {adj} way.", "Today is {day}.", "Keep the answer {style}.",
-     "Remember that the user works in {domain}.", "Be {adj} and {style}.")
-)  # fmt: skip
-_FILLERS = {
-    "adj": ("friendly", "careful", "patient", "cheerful", "precise", "calm", "polite", "practical"),
-    "domain": ("cooking", "travel", "school", "gardening", "a small shop", "music", "sports", "a library"),
-    "who": ("a student", "a teacher", "a parent", "a traveller", "a shop owner", "a nurse", "a musician"),
-    "day": ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"),
-    "style": ("short", "clear", "simple", "brief", "exact", "plain"),
-}
-
-
-def _text_prefix(rng: random.Random, tokenizer, max_tokens: int) -> str:
-    """Ordinary system-prompt sentences (seeded templates), as many as fit in ``max_tokens`` tokens (>= 1)."""
-    target = rng.randint(1, max_tokens)
-    words: list[str] = []
-    while True:
-        sentence = rng.choice(_SYSTEM_SENTENCES)
-        sentence = sentence.format(**{k: rng.choice(v) for k, v in _FILLERS.items()})
-        candidate = " ".join([*words, sentence])
-        if words and len(tokenizer(candidate, add_special_tokens=False).input_ids) > target:
-            return " ".join(words)
-        words.append(sentence)
-        if len(tokenizer(candidate, add_special_tokens=False).input_ids) >= target:
-            return candidate
-
-
-def vary_system_prompts(
-    records: list[InstructionRecord], template: PromptTemplate, settings: AlignSettings, seed: int
-) -> list[InstructionRecord]:
-    """Give ``settings.system_prefix_fraction`` of the chosen ``records`` (``system_prefix_rows``: the benign
-    ones, task != "harmful", or all; a seeded choice) a prefix before their normal system prompt: random
-    tokens of the tokenizer, or ordinary system-prompt sentences (``system_prefix_kind``); every other record
-    is unchanged."""
-    from defuse.defenses.secret_prompt import usable_token_ids
-
-    rng = random.Random(seed)
-    pool = usable_token_ids(template.tokenizer)
-    eligible = [
-        i for i, r in enumerate(records) if settings.system_prefix_rows == "all" or r.task != "harmful"
-    ]
-    n = round(settings.system_prefix_fraction * len(eligible))
-    chosen = set(rng.sample(eligible, n))
-    out = []
-    for i, r in enumerate(records):
-        if i in chosen:
-            if settings.system_prefix_kind == "text":
-                prefix = _text_prefix(rng, template.tokenizer, settings.system_prefix_tokens)
-            else:
-                ids = [rng.choice(pool) for _ in range(rng.randint(1, settings.system_prefix_tokens))]
-                prefix = template.tokenizer.decode(ids).strip()
-            normal = template.system_for(r)
-            r = replace(r, system=f"{prefix} {normal}" if normal else prefix)
-        out.append(r)
-    return out
-
-
-@dataclass
-class AlignSettings:
-    """How the tiny default base is safety-aligned (ignored when ``model`` is set).
-
-    Attributes:
-        n_harmful: Synthetic harmful requests trained to be refused.
-        n_benign: Synthetic benign requests trained to be answered.
-        system_prefix_fraction: Share of the alignment rows chosen by ``system_prefix_rows`` whose system
-            prompt gets a prefix (seeded with ``random``, not secret), so that, like a real chat model, the
-            base behaves the same whatever its system prompt holds. Off by default: on the tiny default no
-            setting tried made BackdoorAlign work without costing utility (benchmarks/RESULTS.md).
-        system_prefix_tokens: Longest prefix in tokens (lengths are uniform from 1 up to this).
-        system_prefix_kind: ``"random"`` (random tokens) or ``"text"`` (ordinary system-prompt sentences).
-        system_prefix_rows: ``"benign"`` (only benign rows get a prefix) or ``"all"``.
-        train: Training settings of the alignment run.
-    """
-
-    n_harmful: int = 300
-    n_benign: int = 100
-    system_prefix_fraction: float = 0.0
-    system_prefix_tokens: int = 150
-    system_prefix_kind: str = "random"
-    system_prefix_rows: str = "benign"
-    train: TrainSettings = field(default_factory=align_train_settings)
-
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` on a nonsense value."""
-        if self.n_harmful < 1 or self.n_benign < 0:
-            raise ConfigError("align.n_harmful", "needs at least 1 harmful and no negative benign count")
-        if not 0 <= self.system_prefix_fraction <= 1:
-            raise ConfigError(
-                "align.system_prefix_fraction", f"must be in [0, 1], got {self.system_prefix_fraction}"
-            )
-        if self.system_prefix_kind not in ("random", "text"):
-            raise ConfigError("align.system_prefix_kind", f"random or text, got {self.system_prefix_kind!r}")
-        if self.system_prefix_rows not in ("benign", "all"):
-            raise ConfigError("align.system_prefix_rows", f"benign or all, got {self.system_prefix_rows!r}")
-        if self.system_prefix_tokens < 1:
-            raise ConfigError(
-                "align.system_prefix_tokens", f"must be positive, got {self.system_prefix_tokens}"
-            )
 
 
 @dataclass
