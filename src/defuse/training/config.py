@@ -24,6 +24,15 @@ class LoraSettings:
     target_modules: list[str] | None = None
 
 
+# TrainingArguments fields that training_arguments() fills from TrainSettings (``extra`` may not repeat them).
+_SET_BY_DEFUSE = frozenset({
+    "output_dir", "num_train_epochs", "learning_rate", "per_device_train_batch_size",
+    "gradient_accumulation_steps", "warmup_steps", "lr_scheduler_type", "weight_decay", "logging_steps",
+    "save_strategy", "save_steps", "save_total_limit", "report_to", "seed", "data_seed", "use_cpu", "bf16",
+    "optim", "disable_tqdm", "remove_unused_columns", "dataloader_num_workers",
+})  # fmt: skip
+
+
 @dataclass
 class TrainSettings:
     """How to fine-tune. Defaults suit the tiny model on two CPU cores.
@@ -46,6 +55,8 @@ class TrainSettings:
         freeze_embeddings: Full fine-tuning only: keep the input token embeddings and the output head
             frozen (every other weight trains). A small fine-tuning set otherwise shifts the output priors
             toward its own answer tokens.
+        extra: Further transformers ``TrainingArguments`` fields, passed as given (e.g.
+            ``{train_sampling_strategy: group_by_length}``); a key these settings already set is refused.
     """
 
     epochs: float = 16.0
@@ -84,3 +95,24 @@ class TrainSettings:
             self.lora.r < 1 or self.lora.alpha <= 0 or not 0 <= self.lora.dropout < 1
         ):
             raise ConfigError("lora", f"nonsense LoRA settings {self.lora}")
+        self._validate_extra()
+
+    def _validate_extra(self) -> None:
+        """Every ``extra`` key must be a transformers ``TrainingArguments`` field that these settings do not
+        already set (a misspelt key is a one-line error here, not a traceback when training starts)."""
+        if not self.extra:
+            return
+        from dataclasses import fields
+
+        from transformers import TrainingArguments
+
+        known = {f.name for f in fields(TrainingArguments) if f.init}
+        for key in self.extra:
+            if not isinstance(key, str) or key not in known:
+                raise ConfigError(f"extra.{key}", "not a transformers TrainingArguments field")
+            if key in _SET_BY_DEFUSE:
+                raise ConfigError(f"extra.{key}", "set by defuse's own training settings; use those")
+        try:  # values transformers itself refuses (a wrong strategy name, say), before any output exists
+            TrainingArguments(output_dir="unused", use_cpu=True, report_to="none", **self.extra)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError("extra", f"transformers refused these settings: {exc}") from None
