@@ -82,7 +82,7 @@ def test_plain_sft_run(files, tmp_path):
         (["--train.extra", "{train_sampling_strategy:group_by_length}"],
          "'train.extra.train_sampling_strategy:group_by_length': not a transformers TrainingArguments field"),
         (["--train.extra", "{seed: 3}"], "'train.extra.seed': set by defuse's own training settings"),
-        (["--train.extra", "{eval_strategy: sometimes}"], "'train.extra': transformers refused these settings"),
+        (["--train.extra", "{eval_strategy: sometimes}"], "'train.extra': transformers refused"),
         (["--defense", "mb-defense", "--clean", "CLEAN", "--defense.lam", "-1"], "'defense.lam'"),
         (["--defense", "mb-defense", "--clean", "CLEAN", "--defense.triggers", "[cf, bb]",
           "--defense.responses", "[a, b]", "--defense.clean_samples", "10"], "'cf'"),
