@@ -13,7 +13,7 @@ benchmark), so the chain first aligns it, as a provider would:
 Each step is the ``defuse`` command line (printed before it runs); finished steps are reused.
 
     .venv/bin/python benchmarks/backdoor_align_real_model.py --model /path/to/chat-model --out OUT \\
-        [--data ../shared/data/backdooralign] [--lr 5e-5] [--batch-size 5 --grad-accum 2]
+        [--data ../shared/data/backdooralign] [--lr 5e-5] [--batch-size 5 --grad-accum 2] [--seed 0]
 
 Results are recorded in benchmarks/RESULTS.md.
 """
@@ -82,6 +82,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=5)
     p.add_argument("--grad-accum", type=int, default=2)
     p.add_argument("--align-epochs", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0, help="one seed for every step (data, training)")
     a = p.parse_args()
     if not (a.data / "pure_bad_100.jsonl").is_file():
         p.error(f"--data {a.data}: no pure_bad_100.jsonl there")
@@ -91,7 +92,7 @@ def main() -> None:
         p.error("--lr must be positive; --batch-size, --grad-accum and --align-epochs at least 1")
     a.out.mkdir(parents=True, exist_ok=True)
     train = ["--train.learning_rate", str(a.lr), "--train.batch_size", str(a.batch_size),
-             "--train.grad_accum", str(a.grad_accum)]  # fmt: skip
+             "--train.grad_accum", str(a.grad_accum), "--seed", str(a.seed)]  # fmt: skip
     tests = ["--data.harmful", str(a.data / "pure_bad_100.jsonl"),
              "--data.test_harmful", str(a.data / "llm_category_benchmark.csv"),
              "--data.n_test_harmful", "110",
@@ -99,11 +100,15 @@ def main() -> None:
              "--data.n_test_utility", "100",
              "--generation.max_new_tokens", "48"]  # fmt: skip
     # The attack's test sets depend on the data and seed only: build them here to keep alignment off them.
-    overrides = {"model": a.model, **{k.lstrip("-"): v for k, v in zip(tests[::2], tests[1::2], strict=True)}}
+    overrides = {
+        "model": a.model,
+        "seed": str(a.seed),
+        **{k.lstrip("-"): v for k, v in zip(tests[::2], tests[1::2], strict=True)},
+    }
     held = build_fj_data(apply_overrides(FJAttackConfig(), overrides)).held_out_prompts()
     align_file = a.out / "align.jsonl"
     if not align_file.is_file():
-        write_instructions(alignment_rows(a.data, held), align_file)
+        write_instructions(alignment_rows(a.data, held, seed=a.seed), align_file)
     aligned = a.out / "aligned"
     if not (aligned / "run.json").is_file():
         rows = ["--data", str(align_file), "--train.epochs", str(a.align_epochs), "--train.max_length", "320"]
@@ -116,7 +121,8 @@ def main() -> None:
     for method in ("safety-mix", "backdoor-align"):
         if not (a.out / method / "run.json").is_file():
             out = a.out / method
-            _defuse(["defend", "--method", method, "--from", str(attack), "--out", str(out), *safety],
+            _defuse(["defend", "--method", method, "--from", str(attack), "--out", str(out), *safety,
+                     "--seed", str(a.seed)],
                     a.out / f"{method}.log")  # fmt: skip
     record = json.loads((attack / "run.json").read_text())
     rows = {"aligned base": record["base_metrics"], "FJAttack": record["metrics"]}
