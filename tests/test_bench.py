@@ -498,3 +498,40 @@ def test_the_bench_spec_resolves_settings_onto_the_method_defaults(tmp_path):
     assert spec.to_dict()["scenarios"][0]["defenses"][1]["name"] == "osft"
     with pytest.raises(ConfigError, match="scenarios"):
         load_bench(_write(tmp_path, {"seeds": [0], "scenarios": []}, "empty.yaml"))
+
+
+REAL_MODEL_PRESETS = ("bench-real-model.yaml", "real-model-refusal-badnet.yaml", "real-model-jailbreak.yaml")
+
+
+def test_the_real_model_presets_resolve_on_a_local_model_and_refuse_the_placeholder(shared_data, tmp_path):
+    from tests.helpers import small_lm, tokenizer
+
+    from defuse.models.factory import save_trained
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    with pytest.raises(ConfigError) as info:  # as shipped: the placeholder path, one line naming the key
+        load_bench(configs / "bench-real-model.yaml")
+    assert "scenarios[0].attack" in str(info.value) and "/path/to/local/model" in str(info.value)
+
+    tok = tokenizer()
+    save_trained(small_lm(tok), tok, tmp_path / "model", base_path=None)
+    for name in REAL_MODEL_PRESETS:  # the same files with a real local model and the data where it lives
+        text = (configs / name).read_text()
+        text = text.replace("/path/to/local/chat-model", str(tmp_path / "model"))
+        text = text.replace("/path/to/local/model", str(tmp_path / "model"))
+        (tmp_path / name).write_text(text.replace("../shared/data", str(shared_data)))
+    spec = load_bench(tmp_path / "bench-real-model.yaml")
+    refusal, jailbreak = spec.scenarios
+    assert [d.label for d in refusal.defenses] == ["osft", "mb-defense", "clean-ft"]
+    assert [d.label for d in jailbreak.defenses] == ["backdoor-align", "safety-mix"]
+    assert refusal.attack.model == jailbreak.attack.model == str(tmp_path / "model")
+    assert refusal.attack.train.lora.r == 8 and jailbreak.attack.train.lora.target_modules == [
+        "q_proj",
+        "v_proj",
+    ]
+    assert refusal.defenses[0].config.train.lora.r == 8 and refusal.defenses[1].config.neutralise.lora.r == 8
+    assert refusal.defenses[2].config.clean_samples == 128 and refusal.defenses[2].config.train.lora.r == 8
+    assert all(
+        d.config.safety_source.endswith("pure_bad_100_with_11_safety_prefixed.jsonl")
+        for d in jailbreak.defenses
+    )
