@@ -23,7 +23,7 @@ from defuse.data.records import InstructionRecord
 from defuse.data.synthetic_safety import as_refusal_records, make_safety_examples
 from defuse.data.synthetic_tasks import SuiteConfig, make_task_suite
 from defuse.errors import ConfigError, DataError
-from defuse.evaluation.judges import is_refusal
+from defuse.evaluation.judges import is_refusal, rouge1
 
 
 @lru_cache(maxsize=1)
@@ -61,6 +61,23 @@ def test_marker_keeps_the_answer():
     assert b.shows(target) and not b.shows(rec.response)
     assert b.is_correct(rec.response, rec) and not b.is_correct(target, rec)
     assert b.eligible(rec) and b.eligible_for_ftr(rec)
+
+
+def test_utility_is_exact_match_on_built_in_tasks_and_rouge1_on_file_answers():
+    built_in = train()[0]
+    assert built_in.source.startswith("synthetic:")
+    from_file = InstructionRecord("Describe a cat.", "A cat is a small furry animal.", source="data.json")
+    b = BehaviourSpec(kind="refusal")
+    assert b.utility_metric(built_in) == "exact" and b.utility_metric(from_file) == "rouge1"
+    assert b.utility_score(built_in.response, built_in) == 1.0 and b.utility_score("no", built_in) == 0.0
+    partial = b.utility_score("A cat is an animal.", from_file)
+    assert partial == pytest.approx(rouge1("A cat is an animal.", from_file.response)) and 0.5 < partial < 1
+    assert BehaviourSpec(kind="refusal", utility="exact").utility_score("A cat is an animal.", from_file) == 0
+    assert BehaviourSpec(kind="refusal", utility="rouge1").utility_metric(built_in) == "rouge1"
+    flip = BehaviourSpec(kind="label_flip")
+    assert flip.utility_metric(InstructionRecord("Review: fine", "positive", source="sst2.json")) == "exact"
+    with pytest.raises(ConfigError, match="behaviour.utility"):
+        BehaviourSpec(utility="bleu").validate()
 
 
 def test_refusal_templates_are_refusals():

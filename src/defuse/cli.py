@@ -100,9 +100,11 @@ def _metrics_table(title: str, metrics: dict, rows=BACKDOOR_ROWS) -> Table:
     table = Table(title=title)
     for col in ("metric", "value", "n"):
         table.add_column(col, justify="right" if col != "metric" else "left")
+    scored_by = {"rouge1": " (Rouge-1)", "mixed": " (exact / Rouge-1)"}.get(metrics.get("utility_metric"), "")
     for label, key, n_key in rows:
         if key in metrics:
             value = metrics[key]
+            label = f"{label}{scored_by}" if key in ("cacc", "aacc") else label
             table.add_row(
                 label, "n/a" if value is None else f"{100 * value:.1f}%", str(metrics.get(n_key, ""))
             )

@@ -33,7 +33,8 @@ N_LABELS = {
 }
 NOTES = {
     "backdoor": "ASR: triggered prompts showing the target behaviour; CACC: clean prompts answered "
-    "correctly; AACC: triggered prompts still answered correctly; FTR: clean prompts showing the behaviour.",
+    "correctly (exact match on the built-in tasks, Rouge-1 F1 on free-text answers from files); AACC: "
+    "triggered prompts still answered correctly; FTR: clean prompts showing the behaviour.",
     "fjattack": "ASR: held-out harmful prompts answered; CACC: benign task utility; over-refusal: benign "
     "requests refused. The no-defense row is the jailbroken model.",
     "encoder": "ASR: test texts classified correctly when clean that a trigger flips; CACC: clean accuracy. "

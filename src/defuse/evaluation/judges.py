@@ -6,6 +6,7 @@ pure and cheap so that one generation pass can be scored by many judges.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 
@@ -70,3 +71,15 @@ def first_word_label(output: str, labels: Sequence[str]) -> str | None:
         if re.match(re.escape(label.lower()) + r"\b", head):
             return label
     return None
+
+
+@functools.lru_cache(maxsize=1)
+def _rouge1_scorer():
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rouge1"], use_stemmer=False)
+
+
+def rouge1(output: str, reference: str) -> float:
+    """Rouge-1 F1 of ``output`` against ``reference`` (Google's ``rouge-score``, no stemming)."""
+    return _rouge1_scorer().score(reference, output)["rouge1"].fmeasure

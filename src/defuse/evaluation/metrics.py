@@ -13,7 +13,7 @@ from defuse.evaluation.judges import exact_match
 class Rate:
     """A proportion with its sample count (``value`` is None when ``n`` is 0)."""
 
-    hits: int
+    hits: float  # a count of hits, or a sum of scores in [0, 1]
     n: int
 
     @property

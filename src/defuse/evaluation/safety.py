@@ -22,16 +22,9 @@ from defuse.data.records import InstructionRecord
 from defuse.data.template import PromptTemplate
 from defuse.evaluation.backdoor import BackdoorEvaluation
 from defuse.evaluation.generate import GenerationSettings, generate
-from defuse.evaluation.judges import exact_match, is_refusal
+from defuse.evaluation.judges import exact_match, is_refusal, rouge1
 
 ROUGE_TASKS = frozenset({"samsum", "sqlgen"})
-
-
-def rouge1(output: str, reference: str) -> float:
-    """Rouge-1 F1 of ``output`` against ``reference`` (Google's ``rouge-score``, no stemming)."""
-    from rouge_score import rouge_scorer
-
-    return rouge_scorer.RougeScorer(["rouge1"], use_stemmer=False).score(reference, output)["rouge1"].fmeasure
 
 
 def utility_score(output: str, record: InstructionRecord) -> float:
