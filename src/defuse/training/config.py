@@ -24,15 +24,6 @@ class LoraSettings:
     target_modules: list[str] | None = None
 
 
-# TrainingArguments fields that training_arguments() fills from TrainSettings (``extra`` may not repeat them).
-_SET_BY_DEFUSE = frozenset({
-    "output_dir", "num_train_epochs", "learning_rate", "per_device_train_batch_size",
-    "gradient_accumulation_steps", "warmup_steps", "lr_scheduler_type", "weight_decay", "logging_steps",
-    "save_strategy", "save_steps", "save_total_limit", "report_to", "seed", "data_seed", "use_cpu", "bf16",
-    "optim", "disable_tqdm", "remove_unused_columns", "dataloader_num_workers",
-})  # fmt: skip
-
-
 @dataclass
 class TrainSettings:
     """How to fine-tune. Defaults suit the tiny model on two CPU cores.
@@ -106,13 +97,16 @@ class TrainSettings:
 
         from transformers import TrainingArguments
 
+        from defuse.training.sft import defuse_training_kwargs
+
         known = {f.name for f in fields(TrainingArguments) if f.init}
+        ours = defuse_training_kwargs(self, "unused", 0)  # builds nothing on disk
         for key in self.extra:
             if not isinstance(key, str) or key not in known:
                 raise ConfigError(f"extra.{key}", "not a transformers TrainingArguments field")
-            if key in _SET_BY_DEFUSE:
+            if key in ours:
                 raise ConfigError(f"extra.{key}", "set by defuse's own training settings; use those")
         try:  # values transformers itself refuses (a wrong strategy name, say), before any output exists
-            TrainingArguments(output_dir="unused", use_cpu=True, report_to="none", **self.extra)
+            TrainingArguments(**ours, **self.extra)
         except (TypeError, ValueError) as exc:
             raise ConfigError("extra", f"transformers refused these settings: {exc}") from None

@@ -130,10 +130,16 @@ class TrainResult:
 
 
 def training_arguments(settings: TrainSettings, output_dir: str | Path, seed: int) -> TrainingArguments:
-    """Map :class:`TrainSettings` onto transformers' :class:`TrainingArguments`."""
+    """Map :class:`TrainSettings` onto transformers' :class:`TrainingArguments` (plus ``settings.extra``)."""
     settings.validate()
+    return TrainingArguments(**defuse_training_kwargs(settings, output_dir, seed), **settings.extra)
+
+
+def defuse_training_kwargs(settings: TrainSettings, output_dir: str | Path, seed: int) -> dict:
+    """The ``TrainingArguments`` keywords defuse fills from :class:`TrainSettings` (``extra`` may add others,
+    never these)."""
     cpu = not torch.cuda.is_available()
-    return TrainingArguments(
+    return dict(
         output_dir=str(output_dir),
         num_train_epochs=settings.epochs,
         learning_rate=settings.learning_rate,
@@ -155,7 +161,6 @@ def training_arguments(settings: TrainSettings, output_dir: str | Path, seed: in
         disable_tqdm=not settings.progress,
         remove_unused_columns=False,
         dataloader_num_workers=0,
-        **settings.extra,
     )
 
 
