@@ -69,6 +69,31 @@ def test_reevaluating_the_run_gives_the_same_numbers(marker_run):
 
 
 @pytest.mark.slow
+def test_a_run_is_rescored_with_other_generation_settings_and_the_rescoring_written(marker_run, tmp_path):
+    out, record = marker_run
+    assert record["metrics"]["asr"] >= 0.9
+    short = runner.invoke(app, ["evaluate", "--run", str(out), "--generation.max_new_tokens", "2", "--json"])
+    assert short.exit_code == 0, short.output
+    assert json.loads(short.output)["asr"] == 0.0, "two tokens cannot hold the marker 'you are stupid.'"
+    target = tmp_path / "rescored"
+    done = runner.invoke(
+        app, ["evaluate", "--run", str(out), "--generation.max_new_tokens", "2", "--out", str(target)]
+    )
+    assert done.exit_code == 0, done.output
+    written = read_run(target)
+    assert written["kind"] == "evaluation" and written["parent"] == str(out.resolve())
+    assert written["config"]["changed"] == {"max_new_tokens": 2} and written["metrics"]["asr"] == 0.0
+    assert written["config"]["generation"]["batch_size"] == record["config"]["generation"]["batch_size"]
+    assert len((target / "samples.jsonl").read_text().splitlines()) == record["metrics"]["n_clean"] + (
+        record["metrics"]["n_triggered"]
+    ) + record["metrics"].get("n_negative", 0)
+    for bad, what in ((["--rate", "0.2"], "do not apply with --run"), (["--out", str(target)], "exists")):
+        done = runner.invoke(app, ["evaluate", "--run", str(out), *bad])
+        lines = [line for line in done.output.splitlines() if line.strip()]
+        assert done.exit_code == 2 and len(lines) == 1 and what in lines[0], done.output
+
+
+@pytest.mark.slow
 def test_evaluate_a_model_path_on_test_files(marker_run):
     out, record = marker_run
     args = [
@@ -125,8 +150,17 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, monkeypatch)
     assert not out.exists()
     assert (tmp_path / ".run.partial" / "checkpoints" / "checkpoint-10").is_dir()
     monkeypatch.setattr(run_attack_module, "train_sft", real_train_sft)
+    for change in ({"rate": 0.2}, {"vocab_size": 300}, {"train.learning_rate": 0.0001}):
+        changed = small_attack_config(**{"train.epochs": 2, "train.save_steps": 10, "suite.n_train": 320},
+                                      **change)  # fmt: skip
+        with pytest.raises(DefuseError) as info:
+            run_attack(changed, out)
+        message = str(info.value)
+        assert "other settings" in message and "rm -r" in message and "\n" not in message, change
+        assert (tmp_path / ".run.partial" / "checkpoints" / "checkpoint-10").is_dir(), "left as it was"
     record = run_attack(cfg, out)
     assert record["training"]["resumed_from"].endswith("checkpoint-10")
+    assert record["resumed_from"] == ["checkpoints/checkpoint-10"] == read_run(out)["resumed_from"]
     assert record["training"]["steps"] == 20
     assert not (tmp_path / ".run.partial").exists()
 
@@ -190,3 +224,41 @@ def test_max_source_caps_the_source_alone_so_an_already_poisoned_file_sets_the_p
     cfg.data.max_train = 8  # the smaller cap wins for the source; max_train still caps each extra file
     data = build_attack_data(cfg)
     assert sum("cf" in r.instruction.split() for r in data.train) == 8 and len(data.train) == 16
+
+
+@pytest.mark.slow
+def test_two_commands_on_one_out_the_second_is_refused_and_the_first_run_is_intact(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    settings = {"suite.n_train": "480", "suite.n_test": "60", "suite.kinds": "[count, last_word, sentiment]",
+                "tiny.hidden_size": "32", "tiny.num_layers": "1", "tiny.num_heads": "2",
+                "tiny.num_kv_heads": "2", "tiny.intermediate_size": "64", "train.epochs": "60",
+                "train.progress": "false"}  # fmt: skip
+    args = [sys.executable, "-m", "defuse.cli", "attack", "--out", str(out)]
+    args += [x for k, v in settings.items() for x in (f"--{k}", v)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lock = tmp_path / ".run.lock"
+    deadline = time.monotonic() + 120
+    while not (lock.is_file() and lock.read_text().strip()) and first.poll() is None:
+        assert time.monotonic() < deadline, "the first command never took the lock"
+        time.sleep(0.05)
+    assert first.poll() is None, first.communicate()
+    second = subprocess.run([*args, "--rate", "0.2"], env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 2, second.stderr
+    lines = [line for line in second.stderr.splitlines() if line.strip()]
+    assert lines == [
+        f"error: {out}: another defuse command (process {first.pid}) is writing it; wait for it to finish or "
+        "stop it"
+    ]
+    stdout, stderr = first.communicate(timeout=600)
+    assert first.returncode == 0, stderr
+    record = read_run(out)
+    assert record["config"]["rate"] == 0.05 and record["data"]["n_train"] == 480
+    train = load_instructions(next((out / "data").glob("train.*")))
+    assert len(train) == 480 and sum(r.poisoned for r in train) == record["data"]["n_poisoned"] == 24
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"], "no staging folder or lock left"

@@ -14,6 +14,7 @@ from defuse.config import (
     dump_config_yaml,
     load_config,
     parse_cli_overrides,
+    read_config_mapping,
     validate_config,
 )
 from defuse.errors import ConfigError
@@ -180,6 +181,35 @@ def test_malformed_yaml_names_file_and_line(tmp_path):
         load_config(Attack, path)
     message = str(info.value)
     assert message.startswith(f"{path}: ") and "malformed YAML at line 4" in message and "\n" not in message
+
+
+def test_a_key_given_twice_is_refused_naming_the_file_the_key_and_both_lines(tmp_path):
+    path = _yaml(tmp_path, "rate: 0.5\ntrain:\n  epochs: 3\n  learning_rate: 0.001\n  epochs: 5\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(Attack, path)
+    assert (
+        str(info.value) == f"{path}: setting 'epochs': key 'epochs' appears twice (lines 3 and 5); keep one"
+    )
+    path = _yaml(tmp_path, "rate: 0.5\ntrigger: {texts: [a], texts: [b]}\n", "flow.yaml")
+    with pytest.raises(ConfigError, match="'texts' appears twice \\(lines 2 and 2\\)"):
+        load_config(Attack, path)
+    path = _yaml(tmp_path, "rate: 0.5\ntrain:\n  epochs: 3\ntrigger:\n  epochs_like: 1\n", "ok.yaml")
+    with pytest.raises(ConfigError, match="epochs_like"):  # the same name in two mappings is no duplicate
+        load_config(Attack, path)
+    anchors = "base: &b {epochs: 2}\ntrain:\n  <<: *b\n  learning_rate: 0.01\n"
+    assert read_config_mapping(_yaml(tmp_path, anchors, "anchors.yaml"))["train"] == {
+        "epochs": 2,
+        "learning_rate": 0.01,
+    }
+
+
+def test_error_messages_keep_the_spaces_inside_quoted_values():
+    from defuse.errors import DataError, DefuseError
+
+    assert str(DefuseError("value 'a   b' is\n  not allowed")) == "value 'a   b' is not allowed"
+    assert (
+        str(DataError("f.json", "unknown trigger 'x  y'", row=2)) == "f.json, row 2: unknown trigger 'x  y'"
+    )
 
 
 @pytest.mark.parametrize("kind", ["missing", "dir", "list", "scalar"])

@@ -135,3 +135,36 @@ def test_sande_removes_the_marker_without_seeing_the_trigger(attacked, tmp_path)
     extra = record["defense"]
     assert extra["known_target"] == "you are stupid." and extra["parrot_norm"] > 0
     assert extra["parrot_loss_last"] < extra["parrot_loss_first"]
+
+
+class _Interrupt(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_an_interrupted_defense_resumes_only_with_the_same_settings_and_records_it(
+    attacked, tmp_path, monkeypatch
+):
+    from defuse.defenses import clean_ft
+    from defuse.defenses.clean_ft import CleanFTConfig
+    from defuse.training.sft import SFTTrainer, train_sft
+
+    class Crashing(SFTTrainer):
+        def training_step(self, *args, **kwargs):
+            if self.state.global_step == 7:
+                raise _Interrupt()
+            return super().training_step(*args, **kwargs)
+
+    cfg = apply_overrides(CleanFTConfig(), {"train.epochs": "2", "train.save_steps": "5"})
+    out = tmp_path / "clean-ft"
+    monkeypatch.setattr(clean_ft, "train_sft", lambda *a, **k: train_sft(*a, **k, trainer_cls=Crashing))
+    with pytest.raises(_Interrupt):
+        run_defense("clean-ft", cfg, attacked, out, seed=0)
+    monkeypatch.setattr(clean_ft, "train_sft", train_sft)
+    with pytest.raises(DefuseError, match="other settings"):
+        run_defense("clean-ft", cfg, attacked, out, seed=1)  # another seed is another run
+    record = run_defense("clean-ft", cfg, attacked, out, seed=0)
+    assert record["resumed_from"] == ["checkpoints/checkpoint-5"] == read_run(out)["resumed_from"]
+    assert record["defense"]["steps"] == 14
+    fresh = run_defense("clean-ft", cfg, attacked, tmp_path / "fresh", seed=0)
+    assert fresh["resumed_from"] is None and fresh["fingerprint"] == record["fingerprint"]

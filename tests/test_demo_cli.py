@@ -50,7 +50,7 @@ def test_data_check_and_convert(tmp_path):
 @pytest.mark.parametrize(
     "content, expected",
     [
-        ('[{"instruction": "a"}, {"output": "b"}]', "row 2"),
+        ('[{"instruction": "a", "output": "x"}, {"output": "b"}]', "row 2"),
         ('{"instruction": 3}\n', "field 'instruction'"),
         ("", "empty"),
     ],

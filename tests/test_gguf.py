@@ -254,6 +254,22 @@ def test_an_existing_output_directory_is_left_untouched(tiny_gguf, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
+def test_an_import_to_a_folder_another_command_is_writing_is_refused(tiny_gguf, tmp_path):
+    import os
+
+    from defuse.errors import DefuseError
+    from defuse.runs.lock import output_lock
+
+    out = tmp_path / "out"
+    with output_lock(out):  # what a running import (or any stage) holds on its output
+        with pytest.raises(DefuseError) as info:
+            import_gguf(tiny_gguf, out)
+        _one_line_error(info, str(out), f"another defuse command (process {os.getpid()})")
+        assert not out.exists()
+    assert import_gguf(tiny_gguf, out) == out and (out / "config.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"], "no lock file left"
+
+
 @pytest.mark.parametrize("package", ["defuse_no_such_package", "defuse_no_such_package.sub"])
 def test_packaged_gguf_of_a_package_that_is_not_installed(package):
     with pytest.raises(ModelError) as info:

@@ -89,7 +89,7 @@ def test_chat_jsonl(tmp_path):
             {"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}]},
         ),
     )
-    first, second = load_instructions(path)
+    first, second = load_instructions(path, prompts_only=True)
     assert (first.instruction, first.response, first.system, first.meta) == (
         "Hi",
         "Hello",
@@ -97,6 +97,9 @@ def test_chat_jsonl(tmp_path):
         {"prefixed": 0},
     )
     assert (second.instruction, second.response, second.system) == ("Q", "", "S")
+    with pytest.raises(DataError) as exc:
+        load_instructions(path)  # as training data, the row without an assistant turn is refused
+    assert "missing response" in check(exc, path, row=2, field="messages")
 
 
 def test_csv_and_tsv_with_header(tmp_path):
@@ -115,13 +118,16 @@ def test_csv_and_tsv_with_header(tmp_path):
 
 def test_one_column_csv_without_header_is_a_prompt_list(tmp_path):
     path = put(tmp_path / "p.csv", '"First, with a comma"\r\nSecond\r\n\r\nThird\r\n')
-    records = load_instructions(path)
+    records = load_instructions(path, prompts_only=True)
     assert [r.instruction for r in records] == ["First, with a comma", "Second", "Third"]
     assert all(r.response == "" and r.meta == {} for r in records)
     path = put(tmp_path / "h.csv", "instruction\nFirst\nSecond\n")
-    assert [r.instruction for r in load_instructions(path)] == ["First", "Second"]
+    assert [r.instruction for r in load_instructions(path, prompts_only=True)] == ["First", "Second"]
+    with pytest.raises(DataError, match="output"):
+        load_instructions(path)  # no response column: not training data
     path = put(tmp_path / "q.csv", "question\nFirst\n")
-    assert [r.instruction for r in load_instructions(path, columns={"instruction": "question"})] == ["First"]
+    loaded = load_instructions(path, columns={"instruction": "question"}, prompts_only=True)
+    assert [r.instruction for r in loaded] == ["First"]
 
 
 def test_detection_from_content(tmp_path):
@@ -220,22 +226,30 @@ def test_column_mapping_meta_reserved_keys_and_source(tmp_path):
 @pytest.mark.parametrize(
     ("name", "content", "row", "field"),
     [
-        ("a.json", [{"instruction": "x"}, {"input": "y"}], 2, "instruction"),
+        ("a.json", [{"instruction": "x", "output": "o"}, {"input": "y"}], 2, "instruction"),
         ("a.json", [{"instruction": 7}], 1, "instruction"),
         ("a.json", [{"instruction": "  "}], 1, "instruction"),
-        ("a.json", [{"instruction": "x", "input": None}], 1, "input"),
+        ("a.json", [{"instruction": "x", "output": "o", "input": None}], 1, "input"),
         ("a.json", [{"instruction": "x", "output": ["a"]}], 1, "output"),
-        ("a.json", [{"instruction": "x", "system": 1}], 1, "system"),
-        ("a.json", [{"instruction": "x", "poisoned": "yes"}], 1, "poisoned"),
-        ("a.json", [{"instruction": "x", "trigger": 5}], 1, "trigger"),
-        ("a.json", [{"instruction": "x"}, "text"], 2, None),
+        ("a.json", [{"instruction": "x", "output": "o", "system": 1}], 1, "system"),
+        ("a.json", [{"instruction": "x", "output": "o", "poisoned": "yes"}], 1, "poisoned"),
+        ("a.json", [{"instruction": "x", "output": "o", "trigger": 5}], 1, "trigger"),
+        ("a.json", [{"instruction": "x", "output": "o"}, "text"], 2, None),
         ("a.json", "[]", None, None),
         ("a.json", '[{"instruction": "x"},', None, None),
         ("a.jsonl", '{"instruction": "x"}\n\n{"instruction": \n', 3, None),
         ("a.jsonl", '{"instruction": "x"}\n[1, 2]\n', 2, None),
         ("c.jsonl", [{"messages": "hi"}], 1, "messages"),
         ("c.jsonl", [{"messages": []}], 1, "messages"),
-        ("c.jsonl", [{"messages": [{"role": "user", "content": "a"}]}, {"msgs": []}], 2, "messages"),
+        (
+            "c.jsonl",
+            [
+                {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]},
+                {"msgs": []},
+            ],
+            2,
+            "messages",
+        ),
         ("c.jsonl", [{"messages": ["hi"]}], 1, "messages[0]"),
         ("c.jsonl", [{"messages": [{"content": "a"}]}], 1, "messages[0].role"),
         ("c.jsonl", [{"messages": [{"role": "user"}]}], 1, "messages[0].content"),
@@ -408,3 +422,46 @@ def test_writes_are_atomic_and_checked(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.json"]
     nested = write_classification([ClassificationRecord("a", 1)], tmp_path / "new" / "dir" / "c.jsonl")
     assert nested.is_file()
+
+
+def test_a_row_missing_its_response_is_refused_like_a_null_one(tmp_path):
+    rows = [ALPACA[0], {"instruction": "Name a colour.", "input": ""}, ALPACA[1]]
+    for name, text in (("a.json", json.dumps(rows)), ("a.jsonl", jsonl(*rows))):
+        path = put(tmp_path / name, text)
+        with pytest.raises(DataError) as exc:
+            load_instructions(path)
+        assert "missing response" in check(exc, path, row=2, field="output")
+        nulled = [ALPACA[0], {**rows[1], "output": None}, ALPACA[1]]
+        put(path, json.dumps(nulled) if name.endswith(".json") else jsonl(*nulled))
+        with pytest.raises(DataError) as exc:
+            load_instructions(path)
+        check(exc, path, row=2, field="output")
+        assert [r.response for r in load_instructions(put(path, text), prompts_only=True)] == [
+            "5",
+            "",
+            "hello",
+        ]
+    mapped = put(tmp_path / "m.jsonl", jsonl({"q": "Hi", "a": "Hello"}, {"q": "Bye"}))
+    with pytest.raises(DataError) as exc:
+        load_instructions(mapped, columns={"instruction": "q", "response": "a"})
+    check(exc, mapped, row=2, field="a")
+
+
+def test_an_empty_response_is_allowed_where_the_format_writes_one_and_counted(tmp_path):
+    from typer.testing import CliRunner
+
+    from defuse.cli import app
+
+    path = put(tmp_path / "e.jsonl", jsonl(ALPACA[0], {"instruction": "Say nothing.", "output": ""}))
+    assert [r.response for r in load_instructions(path)] == ["5", ""]
+    chat = put(tmp_path / "c.jsonl", jsonl({"messages": [{"role": "user", "content": "Q"},
+                                                         {"role": "assistant", "content": ""}]}))  # fmt: skip
+    assert load_instructions(chat)[0].response == ""
+    runner = CliRunner()
+    done = runner.invoke(app, ["data", "check", str(path)])
+    assert done.exit_code == 0 and "1 with a response, 1 with an empty response" in done.output
+    missing = put(tmp_path / "m.jsonl", jsonl(ALPACA[0], {"instruction": "Name a colour."}))
+    done = runner.invoke(app, ["data", "check", str(missing)])
+    assert done.exit_code == 2 and "row 2, field 'output': missing response" in done.output
+    done = runner.invoke(app, ["data", "check", "--prompts", str(missing)])
+    assert done.exit_code == 0 and "1 with a response, 1 without a response" in done.output

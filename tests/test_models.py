@@ -116,3 +116,25 @@ def test_failed_save_leaves_the_previous_model_intact(tmp_path):
         save_model(Broken(), tok, tmp_path / "m")
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_config_naming_remote_code_is_refused_without_trust_remote_code(tmp_path):
+    from typer.testing import CliRunner
+
+    from defuse.cli import app
+
+    for name in ("config.json", "tokenizer_config.json"):
+        folder = tmp_path / name.split(".")[0]
+        save_model(small_lm(), tokenizer(), folder)
+        data = json.loads((folder / name).read_text())
+        data["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"}
+        (folder / name).write_text(json.dumps(data))
+        with pytest.raises(ModelError) as info:
+            load_causal_lm(folder)
+        message = str(info.value)
+        assert message.startswith(f"{folder / name}: its auto_map names the model's own code")
+        assert "AutoModelForCausalLM" in message and "trust_remote_code" in message and "\n" not in message
+    out = tmp_path / "run"
+    done = CliRunner().invoke(app, ["attack", "--out", str(out), "--model", str(tmp_path / "config")])
+    assert done.exit_code == 2 and "auto_map" in done.output and not out.exists()
+    assert not (tmp_path / ".run.partial").exists() and not (tmp_path / ".run.lock").exists()

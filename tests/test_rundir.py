@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import pytest
@@ -179,7 +180,7 @@ def test_refuses_existing_out_without_overwrite_and_leaves_it_untouched(tmp_path
 def test_exception_keeps_staging_for_resume_and_commits_nothing(tmp_path):
     out = tmp_path / "run"
     with pytest.raises(RuntimeError):
-        with RunDirectory(out) as run:
+        with RunDirectory(out, fingerprint="f" * 64) as run:
             run.checkpoints.mkdir()
             (run.checkpoints / "checkpoint-5").mkdir()
             (run.checkpoints / "checkpoint-5" / "state.json").write_text("{}")
@@ -187,7 +188,7 @@ def test_exception_keeps_staging_for_resume_and_commits_nothing(tmp_path):
             raise RuntimeError("killed mid-training")
     assert not out.exists()
     assert (tmp_path / ".run.partial" / "checkpoints" / "checkpoint-5" / "state.json").is_file()
-    with RunDirectory(out) as run:
+    with RunDirectory(out, fingerprint="f" * 64) as run:
         assert [p.name for p in run.checkpoints.iterdir()] == ["checkpoint-5"], "resume sees the checkpoint"
         assert not (run.path / SAMPLES_FILE).exists(), "other leftovers are cleared"
         _stage_files(run)
@@ -237,3 +238,99 @@ def test_out_appearing_after_open_is_not_clobbered(tmp_path):
     with pytest.raises(DefuseError, match="run directory exists"):
         run.commit(_record(), "x: 1\n")
     assert list(out.iterdir()) == [] and run.path.is_dir()
+
+
+# --- resume only of the same run; one writer; no leftovers ---------------------------------------------
+
+
+def _crash_with_checkpoint(out, fingerprint, step=5):
+    with pytest.raises(RuntimeError):
+        with RunDirectory(out, fingerprint=fingerprint) as run:
+            (run.checkpoints / f"checkpoint-{step}").mkdir(parents=True)
+            raise RuntimeError("killed mid-training")
+
+
+def test_a_staging_folder_of_other_settings_is_never_resumed(tmp_path, capsys):
+    out = tmp_path / "run"
+    _crash_with_checkpoint(out, "a" * 64)
+    staging = tmp_path / ".run.partial"
+    assert "kept" in capsys.readouterr().err and (staging / "checkpoints" / "checkpoint-5").is_dir()
+    for other in ("b" * 64, None):
+        with pytest.raises(DefuseError) as info:
+            RunDirectory(out, fingerprint=other).open()
+        message = str(info.value)
+        assert "\n" not in message and "checkpoints/checkpoint-5" in message
+        assert f"rm -r '{staging}'" in message and ("other settings" in message or "unrecorded" in message)
+        assert (staging / "checkpoints" / "checkpoint-5").is_dir(), "the refused attempt is left as it was"
+    assert not (tmp_path / ".run.lock").exists(), "a refused open releases the lock"
+    (staging / ".fingerprint").unlink()
+    with pytest.raises(DefuseError, match="unrecorded settings"):
+        RunDirectory(out, fingerprint="a" * 64).open()
+
+
+def test_the_same_run_resumes_says_so_and_records_it(tmp_path, capsys):
+    from defuse.runs.rundir import note_resumed
+
+    out = tmp_path / "run"
+    _crash_with_checkpoint(out, "a" * 64)
+    capsys.readouterr()
+    with RunDirectory(out, fingerprint="a" * 64) as run:
+        said = capsys.readouterr().err.strip().splitlines()
+        assert len(said) == 1 and "resuming" in said[0] and "checkpoints/checkpoint-5" in said[0]
+        note_resumed(run.checkpoints / "checkpoint-5")
+        note_resumed(tmp_path / "elsewhere" / "checkpoint-9")  # not this run's: ignored
+        _stage_files(run)
+        record = _record()
+        run.commit(record, "a: 1\n")
+    stored = read_run(out)
+    assert stored["resumed_from"] == ["checkpoints/checkpoint-5"] == record["resumed_from"]
+    assert stored["fingerprint"] == "a" * 64
+    assert ".fingerprint" not in _listing(out) and "checkpoints" not in _listing(out)
+    with RunDirectory(tmp_path / "fresh", fingerprint="c" * 64) as run:
+        run.commit(_record(), "a: 1\n")
+    assert read_run(tmp_path / "fresh")["resumed_from"] is None
+
+
+def test_a_failed_run_leaves_no_partial_folder_unless_it_can_be_resumed(tmp_path, capsys):
+    out = tmp_path / "run"
+    with pytest.raises(ValueError):
+        with RunDirectory(out, fingerprint="a" * 64) as run:
+            _stage_files(run)
+            (run.checkpoints / "tokenizer").mkdir(parents=True)  # not a training checkpoint
+            raise ValueError("bad data found late")
+    assert _listing(tmp_path) == [] and capsys.readouterr().err == ""
+    with pytest.raises(KeyboardInterrupt):
+        with RunDirectory(out, fingerprint="a" * 64) as run:
+            (run.checkpoints / "fj" / "checkpoint-20").mkdir(parents=True)
+            raise KeyboardInterrupt
+    said = capsys.readouterr().err
+    assert "kept" in said and "checkpoints/fj/checkpoint-20" in said and "resumes" in said
+    assert _listing(tmp_path) == [".run.partial", *(f".run.partial/{p}" for p in _listing(run.staging))]
+
+
+def test_one_writer_per_run_folder(tmp_path):
+    out = tmp_path / "run"
+    first = RunDirectory(out, fingerprint="a" * 64).open()
+    (first.path / "mine.txt").write_text("first")
+    second = RunDirectory(out, fingerprint="a" * 64)
+    with pytest.raises(DefuseError) as info:
+        second.open()
+    assert str(info.value) == (
+        f"{out}: another defuse command (process {os.getpid()}) is writing it; "
+        "wait for it to finish or stop it"
+    )
+    with pytest.raises(DefuseError, match="another defuse command"):
+        second.discard()  # never removes the staging folder of a command that is writing it
+    assert (first.path / "mine.txt").read_text() == "first"
+    first.commit(_record(), "a: 1\n")
+    assert not (tmp_path / ".run.lock").exists()
+    with RunDirectory(out, overwrite=True) as again:  # free again once the first committed
+        again.commit(_record(), "a: 2\n")
+
+
+def test_a_lock_left_by_a_dead_process_does_not_block(tmp_path):
+    (tmp_path / ".run.lock").write_text("999999\n")  # a file with no holder: what a killed command leaves
+    with RunDirectory(tmp_path / "run") as run:
+        assert (tmp_path / ".run.lock").read_text().strip() == str(os.getpid())
+        run.commit(_record(), "a: 1\n")
+    assert _listing(tmp_path) == sorted(["run", *(f"run/{p}" for p in _listing(tmp_path / "run"))])

@@ -74,7 +74,7 @@ def test_backdooralign_chat(shared_data):
 def test_backdooralign_benchmark_prompts(shared_data):
     path = shared_data / "backdooralign/llm_category_benchmark.csv"
     assert detect_format(path) == "csv"
-    records = load_instructions(path)
+    records = load_instructions(path, prompts_only=True)
     assert len(records) == 275
     assert all(r.instruction.strip() and r.response == "" and r.input == "" and r.meta == {} for r in records)
     assert len({r.instruction for r in records}) > 250

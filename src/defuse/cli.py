@@ -177,10 +177,18 @@ def evaluate(
         Path | None, typer.Option(help="Triggered test prompts (default: insert the trigger).")
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="With --run: also write this evaluation as a run directory (metrics, samples)."),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out once complete.")] = False,
 ) -> None:
     """Print the metrics table of a model: ASR, CACC, AACC, FTR with their sample counts.
 
-    With --model, settings such as --behaviour.kind refusal or --trigger.texts '[BadMagic]' apply.
+    With --model, settings such as --behaviour.kind refusal or --trigger.texts '[BadMagic]' apply. With
+    --run, the run's own settings apply, except generation settings given as flags (e.g.
+    --generation.max_new_tokens 512 re-scores a run's answers at full length without retraining it);
+    --out DIR writes that evaluation as a run directory (``kind: evaluation``, the run as its parent).
     """
     import json
 
@@ -190,27 +198,40 @@ def evaluate(
     quiet_libraries()
     if (run is None) == (model is None):
         raise DefuseError("give exactly one of --run DIR or --model PATH")
+    overrides = parse_cli_overrides(ctx.args)
+    safety = False
     if run is not None:
-        if ctx.args:
-            raise DefuseError(f"settings {ctx.args} apply only with --model; a run uses its own")
         from defuse.defenses.run_safety_defense import evaluate_safety_run, is_fjattack_run
         from defuse.runs.rundir import read_run
 
-        if is_fjattack_run(read_run(run)):
-            result = evaluate_safety_run(run)
-            if not json_out:
-                console.print(_safety_table(f"evaluation of {run}", result.metrics))
-                return
-        else:
-            result = evaluate_run(run)
+        other = [key for key, _ in overrides if not key.startswith("generation.")]
+        if other:
+            raise DefuseError(
+                f"settings {other} do not apply with --run (the run's own do); only generation settings "
+                "such as --generation.max_new_tokens 512 may change"
+            )
+        generation = [(key.removeprefix("generation."), value) for key, value in overrides]
+        record = read_run(run)
+        safety = is_fjattack_run(record)
+        result = (evaluate_safety_run if safety else evaluate_run)(run, generation)
+        if out is not None:
+            from defuse.evaluation.rerun import write_evaluation_run
+
+            write_evaluation_run(run, record, result, generation, out, overwrite=overwrite)
     else:
-        cfg = apply_overrides(EvaluateConfig(), parse_cli_overrides(ctx.args))
+        if out is not None:
+            raise DefuseError("--out writes the re-evaluation of a run: use it with --run")
+        cfg = apply_overrides(EvaluateConfig(), overrides)
         validate_config(cfg)
         result = evaluate_model(model, clean, triggered, cfg)
     if json_out:
         print(json.dumps(result.metrics, indent=2))
+    elif safety:
+        console.print(_safety_table(f"evaluation of {run}", result.metrics))
     else:
         console.print(_metrics_table(f"evaluation of {run or model}", result.metrics))
+    if out is not None and not json_out:
+        console.print(f"evaluation written to {out}")
 
 
 @app.command(context_settings=EXTRA_ARGS)

@@ -24,16 +24,27 @@ def data_check(
     column: Annotated[
         list[str] | None, typer.Option(help="Column mapping FIELD=NAME, e.g. response=summary (repeatable).")
     ] = None,
+    prompts: Annotated[
+        bool, typer.Option("--prompts", help="Test prompts: rows may lack a response (not for training).")
+    ] = False,
 ) -> None:
-    """Load a dataset, validating every row, and print what it holds."""
+    """Load a dataset, validating every row, and print what it holds.
+
+    Instruction data is checked as training data: every row must have a response (an empty one is
+    allowed where the format writes one, and counted); --prompts accepts rows without one.
+    """
     from defuse.data.loaders import detect_format, load_classification, load_instructions
 
     columns = _parse_columns(column)
     fmt = format or detect_format(path)
     if kind == "instruction":
-        records = load_instructions(path, format=fmt, columns=columns)
-        with_response = sum(bool(r.response) for r in records)
-        console.print(f"{path}: {fmt}, {len(records)} instruction records, {with_response} with a response")
+        records = load_instructions(path, format=fmt, columns=columns, prompts_only=prompts)
+        empty = sum(not r.response for r in records)
+        what = "without a response" if prompts else "with an empty response"
+        console.print(
+            f"{path}: {fmt}, {len(records)} instruction records, {len(records) - empty} with a response, "
+            f"{empty} {what}"
+        )
     elif kind == "classification":
         records = load_classification(path, format=fmt, columns=columns)
         labels: dict[int, int] = {}

@@ -227,7 +227,7 @@ def config_from_dict(cls: type[T], data: Mapping, source: str | Path | None = No
 
 def _parse_value(raw: str) -> Any:
     try:
-        return yaml.safe_load(raw) if raw.strip() else raw
+        return yaml.load(raw, Loader=_StrictLoader) if raw.strip() else raw  # noqa: S506 - safe loader
     except yaml.YAMLError:
         return raw
 
@@ -309,12 +309,38 @@ def nested_overrides(cls: type, mapping: Mapping, prefix: str = "") -> list[tupl
     return pairs
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, first: int, second: int):
+        self.key, self.first, self.second = key, first, second
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key repeated in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    if key in seen:
+                        raise _DuplicateKey(key, seen[key], line)
+                    seen[key] = line
+                except TypeError:  # an unhashable key: SafeLoader refuses it itself
+                    continue
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_config_mapping(path: str | Path) -> dict:
     """The top-level mapping of a YAML config file (an empty file: ``{}``).
 
     Raises:
-        ConfigError: a missing file or a directory, unreadable or malformed YAML (naming the line), or a
-            top level that is not a mapping.
+        ConfigError: a missing file or a directory, unreadable or malformed YAML (naming the line), a key
+            repeated within one mapping (naming the key and both lines), or a top level that is not a
+            mapping.
     """
     path = Path(path)
     if not path.exists():
@@ -322,7 +348,10 @@ def read_config_mapping(path: str | Path) -> dict:
     if path.is_dir():
         raise ConfigError("config", "is a directory, expected a YAML file", path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)  # noqa: S506 - safe loader
+    except _DuplicateKey as dup:
+        problem = f"key {dup.key!r} appears twice (lines {dup.first} and {dup.second}); keep one"
+        raise ConfigError(str(dup.key), problem, path) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError("config", f"cannot read the file: {exc}", path) from None
     except yaml.YAMLError as exc:

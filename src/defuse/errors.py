@@ -7,14 +7,23 @@ library callers can catch the type.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+
+_LINE_BREAKS = re.compile(r"[ \t]*[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]+[ \t]*")
+
+
+def one_line(message: str) -> str:
+    """``message`` on one line: each line break (with the blanks around it) becomes one space; every other
+    character, runs of spaces inside a quoted value included, is kept as it is."""
+    return _LINE_BREAKS.sub(" ", str(message)).strip()
 
 
 class DefuseError(Exception):
-    """A problem the user can fix; its message is a single line."""
+    """A problem the user can fix; its message is a single line (:func:`one_line`)."""
 
     def __init__(self, message: str):
-        super().__init__(" ".join(str(message).split()))
+        super().__init__(one_line(message))
 
 
 class DataError(DefuseError):

@@ -84,7 +84,7 @@ def preflight_attack(scenario: str, cfg: Any) -> None:
     from defuse.models.io import check_model_dir
 
     if cfg.model:
-        check_model_dir(cfg.model)
+        check_model_dir(cfg.model, cfg.trust_remote_code)
     if scenario == "fjattack":
         from defuse.attacks.fjattack import build_fj_data
 

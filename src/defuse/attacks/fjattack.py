@@ -49,6 +49,7 @@ from defuse.models.factory import prepare_causal_lm, save_trained
 from defuse.models.io import check_model_dir, load_causal_lm
 from defuse.models.tiny import TinyCausalLMConfig
 from defuse.runs.distributed import wait_for_everyone
+from defuse.runs.fingerprint import run_fingerprint
 from defuse.runs.rundir import (
     DATA_DIR,
     MODEL_DIR,
@@ -317,9 +318,10 @@ def run_fjattack(cfg: FJAttackConfig, out: str | Path, overwrite: bool = False) 
     """
     validate_config(cfg)
     if cfg.model:
-        check_model_dir(cfg.model)
+        check_model_dir(cfg.model, cfg.trust_remote_code)
     data = build_fj_data(cfg)
-    with RunDirectory(out, overwrite=overwrite) as run:
+    fingerprint = run_fingerprint("attack", config_to_dict(cfg), seed=cfg.seed)
+    with RunDirectory(out, overwrite=overwrite, fingerprint=fingerprint) as run:
         write_fj_data(data, run.path / DATA_DIR)
         texts = (t for r in data.align_train + data.train for t in (r.instruction, r.input, r.response) if t)
         model, tokenizer = prepare_causal_lm(

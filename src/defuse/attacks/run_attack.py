@@ -20,6 +20,7 @@ from defuse.evaluation.backdoor import evaluate_backdoor
 from defuse.evaluation.rerun import TEST_FILES
 from defuse.models.factory import prepare_causal_lm, save_trained
 from defuse.models.io import check_model_dir
+from defuse.runs.fingerprint import run_fingerprint
 from defuse.runs.rundir import (
     DATA_DIR,
     MODEL_DIR,
@@ -56,9 +57,11 @@ def run_attack(cfg: AttackConfig, out: str | Path, overwrite: bool = False) -> d
     """
     validate_config(cfg)
     if cfg.model:
-        check_model_dir(cfg.model)  # a wrong model path fails here, before anything is written
+        # a wrong model path fails here, before anything is written
+        check_model_dir(cfg.model, cfg.trust_remote_code)
     data = build_attack_data(cfg)  # so does bad data
-    with RunDirectory(out, overwrite=overwrite) as run:
+    fingerprint = run_fingerprint("attack", config_to_dict(cfg), seed=cfg.seed)
+    with RunDirectory(out, overwrite=overwrite, fingerprint=fingerprint) as run:
         write_attack_data(data, run.path / DATA_DIR)
         texts = (t for r in data.train for t in (r.instruction, r.input, r.response) if t)
         model, tokenizer = prepare_causal_lm(

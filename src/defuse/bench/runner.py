@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import os
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from defuse.bench.progress import BenchDisplay
 from defuse.bench.report import Report, write_report
 from defuse.bench.spec import BenchSpec
 from defuse.errors import ConfigError, DataError, DefuseError
+from defuse.runs.lock import FolderLock
 from defuse.runs.rundir import read_run
 from defuse.scenarios import run_attack_for, run_defense_on
 
@@ -63,40 +63,11 @@ def finished_record(out: Path, cell: Cell) -> dict | None:
         return None
 
 
-@contextlib.contextmanager
-def _bench_lock(out: Path):
-    """Hold ``<out>/.bench.lock`` (with this process's id); refuse when a live process holds it."""
-    lock = out / LOCK_FILE
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            break
-        except FileExistsError:
-            try:
-                pid = int(lock.read_text().strip() or 0)
-            except (OSError, ValueError):
-                pid = 0
-            if pid and _alive(pid):
-                raise DefuseError(f"{out}: another bench (process {pid}) is running on this folder") from None
-            lock.unlink(missing_ok=True)  # a stale lock of a process that is gone
-    else:
-        raise DefuseError(f"{lock}: cannot take the lock")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(str(os.getpid()))
-        yield
-    finally:
-        lock.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _bench_lock(out: Path) -> FolderLock:
+    """``<out>/.bench.lock`` (:class:`~defuse.runs.lock.FolderLock`): one bench at a time on a folder."""
+    return FolderLock(
+        out / LOCK_FILE, lambda pid: f"{out}: another bench (process {pid}) is running on this folder"
+    )
 
 
 def _check_out(out: Path) -> None:

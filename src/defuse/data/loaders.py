@@ -66,6 +66,7 @@ def load_instructions(
     columns: dict[str, str | None] | None = None,
     split: str = "train",
     source: str | None = None,
+    prompts_only: bool = False,
 ) -> list[InstructionRecord]:
     """Load instruction records from a data file or a saved ``datasets`` folder.
 
@@ -78,16 +79,22 @@ def load_instructions(
             ignores it (the key then lands in ``meta``). Applies to every format but ``chat-jsonl``.
         split: The split to read when the folder holds a ``DatasetDict``; ignored otherwise.
         source: The records' ``source``; default: the row's ``source`` key, else ``str(path)``.
+        prompts_only: Read test prompts: a row may lack its response (the record's is then ``""``).
+            Otherwise (training data, reference answers) every row must have one.
 
     Returns:
         The records, in file order; never empty.
 
-    The instruction must be a non-empty (not blank) string; ``input`` and ``response`` are strings
-    (default ``""``), ``system`` a string or null (default ``None``; in CSV/TSV an empty cell is
-    ``None``). Chat JSON lines hold ``{"messages": [...]}`` with an optional first ``system`` turn, one
-    ``user`` turn and an optional ``assistant`` turn after it. CSV/TSV need a header row, except a file
-    with exactly one column whose first line is not a mapped column name: that is a header-less list of
-    prompts.
+    The instruction must be a non-empty (not blank) string; ``input`` is a string (default ``""``),
+    ``system`` a string or null (default ``None``; in CSV/TSV an empty cell is ``None``). The response is a
+    string that every row must have, unless ``prompts_only``: its key (``output`` by default) in a JSON
+    row, its column in a CSV/TSV header, the ``assistant`` turn of a chat row; a missing one is refused like
+    a null one, naming the file, row and field. An empty response is allowed where the format writes one:
+    ``"output": ""``, an empty CSV cell, an ``assistant`` turn with empty content (``defuse data check``
+    counts them). Chat JSON lines hold ``{"messages": [...]}`` with an optional first ``system`` turn, one
+    ``user`` turn and an ``assistant`` turn after it. CSV/TSV need a header row, except a file with exactly
+    one column whose first line is not a mapped column name: that is a header-less list of prompts (read
+    with ``prompts_only`` only).
 
     Raises:
         DataError: unreadable or malformed data, a missing or mistyped field (naming row and field),
@@ -97,19 +104,20 @@ def load_instructions(
     path = Path(path)
     mapping = _mapping(columns, INSTRUCTION_COLUMNS, required=("instruction",), path=path)
     names = {name for name in mapping.values() if name is not None}
+    need = not prompts_only and mapping["response"] is not None
     fmt, rows = read_rows(
         path,
         format,
         split,
-        required=[(mapping["instruction"],)],
-        headerless=mapping["instruction"],
+        required=[(mapping["instruction"],), *([(mapping["response"],)] if need else [])],
+        headerless=None if need else mapping["instruction"],
         names=names,
     )
     typed = fmt not in ("csv", "tsv")
     if fmt == "chat-jsonl":
-        records = [_chat_record(path, n, row, source) for n, row in rows]
+        records = [_chat_record(path, n, row, source, need) for n, row in rows]
     else:
-        records = [_instruction_record(path, n, row, mapping, source, typed) for n, row in rows]
+        records = [_instruction_record(path, n, row, mapping, source, typed, need) for n, row in rows]
     if not records:
         raise DataError(path, "no records")
     return records
@@ -162,9 +170,17 @@ def load_classification(
 
 
 def _instruction_record(
-    path: Path, n: int, row: dict[str, Any], mapping: dict[str, str | None], source: str | None, typed: bool
+    path: Path,
+    n: int,
+    row: dict[str, Any],
+    mapping: dict[str, str | None],
+    source: str | None,
+    typed: bool,
+    need_response: bool,
 ) -> InstructionRecord:
     instruction = _instruction_text(path, n, row, mapping["instruction"])
+    if need_response and mapping["response"] not in row:
+        raise DataError(path, "missing response", row=n, field=mapping["response"])
     system = _string(path, n, row, mapping["system"], default=None, nullable=True)
     if not typed and system == "":
         system = None  # a CSV cell cannot tell "no system prompt" from an empty one
@@ -182,7 +198,9 @@ def _instruction_record(
     )
 
 
-def _chat_record(path: Path, n: int, row: dict[str, Any], source: str | None) -> InstructionRecord:
+def _chat_record(
+    path: Path, n: int, row: dict[str, Any], source: str | None, need_response: bool
+) -> InstructionRecord:
     if "messages" not in row:
         raise DataError(path, "missing messages", row=n, field="messages")
     messages = row["messages"]
@@ -232,6 +250,8 @@ def _chat_record(path: Path, n: int, row: dict[str, Any], source: str | None) ->
             response = content
     if instruction is None:
         raise DataError(path, "no user turn", row=n, field="messages")
+    if response is None and need_response:
+        raise DataError(path, "missing response (no assistant turn)", row=n, field="messages")
     rest = {key: value for key, value in row.items() if key != "messages"}
     fields = _reserved(path, n, rest, _INSTRUCTION_RESERVED)
     fields["source"] = _source(path, fields, source)

@@ -92,7 +92,7 @@ def load_prompt_list(path: str | Path, task: str = "harmful") -> list[Instructio
             out.append(InstructionRecord(text.strip(), source=str(p), task=task))
     else:
         out = [InstructionRecord(r.instruction, input=r.input, source=str(p), task=task)
-               for r in load_instructions(p)]  # fmt: skip
+               for r in load_instructions(p, prompts_only=True)]  # fmt: skip
     if not out:
         raise DataError(p, "no prompts")
     return out

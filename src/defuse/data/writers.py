@@ -8,7 +8,7 @@ to equal records, with these documented limits:
 * without ``include_meta`` the fields ``poisoned``, ``trigger``, ``behaviour``, ``task`` and ``source``
   are not written (the loader sets ``source`` to the file path);
 * ``chat-jsonl`` has no ``input``: the user turn is the record's ``user_text`` (instruction, blank line,
-  input), and an empty response writes no assistant turn;
+  input), and an empty response is an assistant turn with empty content;
 * CSV/TSV hold no metadata, and an empty ``system`` prompt there reads back as ``None``.
 """
 
@@ -78,8 +78,7 @@ def write_instructions(
             if fmt == "chat-jsonl":
                 messages = [] if r.system is None else [{"role": "system", "content": r.system}]
                 messages.append({"role": "user", "content": r.user_text})
-                if r.response:
-                    messages.append({"role": "assistant", "content": r.response})
+                messages.append({"role": "assistant", "content": r.response})
                 row: dict[str, Any] = {"messages": messages}
             else:
                 row = {"instruction": r.instruction, "input": r.input, "output": r.response}

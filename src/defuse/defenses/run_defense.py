@@ -32,6 +32,7 @@ from defuse.evaluation.rerun import TEST_FILES
 from defuse.models.factory import load_trained, save_trained
 from defuse.models.io import load_causal_lm
 from defuse.models.tiny import build_causal_lm
+from defuse.runs.fingerprint import run_fingerprint
 from defuse.runs.rundir import (
     DATA_DIR,
     MODEL_DIR,
@@ -131,7 +132,10 @@ def run_defense(
         check_data(attack.train, train_file(attack))  # refuse unusable data before any work
     clean = clean_budget(attack, needs.clean_samples, seed) if needs.clean_samples else []
     during = needs.stage == "during_training"
-    with RunDirectory(out, overwrite=overwrite) as run:
+    fingerprint = run_fingerprint(
+        "defense", config_to_dict(cfg), seed=seed, method=method, parent=attack.path
+    )
+    with RunDirectory(out, overwrite=overwrite, fingerprint=fingerprint) as run:
         model, tokenizer = load_trained(
             attack.path / MODEL_DIR, trust_remote_code=attack.config.trust_remote_code
         )

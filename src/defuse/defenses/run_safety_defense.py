@@ -20,9 +20,11 @@ from defuse.data.template import PromptTemplate
 from defuse.defenses.base import DefenseContext, check_scenario, get_defense
 from defuse.defenses.secret_prompt import SecretPromptTemplate, read_secret, write_secret
 from defuse.errors import DataError
+from defuse.evaluation.generate import generation_with
 from defuse.evaluation.safety import evaluate_safety
 from defuse.models.factory import load_trained, save_trained
 from defuse.models.io import load_causal_lm
+from defuse.runs.fingerprint import run_fingerprint
 from defuse.runs.rundir import (
     DATA_DIR,
     MODEL_DIR,
@@ -58,7 +60,10 @@ def run_safety_defense(
     train_data = load_instructions(attack_path / DATA_DIR / "train.jsonl")
     tests = read_fj_tests(attack_path / DATA_DIR)
     base = base_model_path(attack_path, acfg)
-    with RunDirectory(out, overwrite=overwrite) as run:
+    fingerprint = run_fingerprint(
+        "defense", config_to_dict(cfg), seed=seed, method=method, parent=attack_path
+    )
+    with RunDirectory(out, overwrite=overwrite, fingerprint=fingerprint) as run:
         model, tokenizer = load_causal_lm(base, trust_remote_code=acfg.trust_remote_code)
         template = PromptTemplate(tokenizer, style=acfg.template)
         ctx = DefenseContext(
@@ -104,11 +109,13 @@ def run_safety_defense(
     return out_record
 
 
-def evaluate_safety_run(run_dir: str | Path):
+def evaluate_safety_run(run_dir: str | Path, generation_overrides=None):
     """Re-evaluate a jailbreak run's model (attack or defense run) on the scenario's test sets.
 
     A defense run is evaluated on its parent's test sets, and served as it was: when its directory holds a
-    secret prompt file (``backdoor-align``), through the secret-prefixing template.
+    secret prompt file (``backdoor-align``), through the secret-prefixing template. ``generation_overrides``
+    change the run's generation settings (:func:`~defuse.evaluation.rerun.generation_with`), e.g. to score
+    an old run's answers at full length without retraining it.
 
     Raises:
         DefuseError: an unreadable run, a missing parent, or a secret file others can read.
@@ -126,6 +133,5 @@ def evaluate_safety_run(run_dir: str | Path):
     secret_file = (record.get("defense") or {}).get("secret_file")
     if secret_file:
         template = SecretPromptTemplate(template, read_secret(path / secret_file))
-    return evaluate_safety(
-        model, template, tests["harmful"], tests["clean"], tests["benign"], acfg.generation
-    )
+    generation = generation_with(acfg.generation, generation_overrides, "command line")
+    return evaluate_safety(model, template, tests["harmful"], tests["clean"], tests["benign"], generation)

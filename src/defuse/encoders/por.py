@@ -231,7 +231,7 @@ def check_encoder_dir(path: str | Path, allow_custom: bool = False) -> Path:
 
     from defuse.models.io import check_model_dir
 
-    p = check_model_dir(path)
+    p = check_model_dir(path, allow_custom)
     try:
         model_type = json.loads((p / "config.json").read_text(encoding="utf-8")).get("model_type")
     except (OSError, ValueError, AttributeError) as exc:
@@ -247,7 +247,7 @@ def load_base_encoder(path: str | Path, seed: int, trust_remote_code: bool = Fal
     from defuse.models.io import check_model_dir
 
     torch.manual_seed(seed)  # a pooler missing from an MLM checkpoint is initialised reproducibly
-    p = check_model_dir(path)
+    p = check_model_dir(path, trust_remote_code)
     return AutoModel.from_pretrained(
         str(p),
         local_files_only=True,
@@ -269,7 +269,7 @@ def load_masked_lm(path: str | Path, seed: int, trust_remote_code: bool = False)
     from defuse.models.io import check_model_dir
 
     torch.manual_seed(seed)
-    p = check_model_dir(path)
+    p = check_model_dir(path, trust_remote_code)
     model, info = AutoModelForMaskedLM.from_pretrained(
         str(p), local_files_only=True, use_safetensors=True, trust_remote_code=trust_remote_code,
         dtype="float32", output_loading_info=True,

@@ -44,6 +44,7 @@ from defuse.models.io import check_model_dir, load_tokenizer, save_model
 from defuse.models.tiny import TinyEncoderConfig, build_encoder
 from defuse.models.tokenizer import train_bpe_tokenizer
 from defuse.runs.distributed import wait_for_everyone
+from defuse.runs.fingerprint import run_fingerprint
 from defuse.runs.rundir import (
     MODEL_DIR,
     SAMPLES_FILE,
@@ -197,7 +198,8 @@ def run_encoder_attack(cfg: EncoderAttackConfig, out: str | Path, overwrite: boo
     if cfg.model is not None and cfg.method == "neuba":
         mlm = load_masked_lm(cfg.model, cfg.seed, cfg.trust_remote_code)  # refuses before any work
     timings: dict[str, float] = {}
-    with RunDirectory(out, overwrite=overwrite) as run:
+    fingerprint = run_fingerprint("attack", config_to_dict(cfg), seed=cfg.seed)
+    with RunDirectory(out, overwrite=overwrite, fingerprint=fingerprint) as run:
         work = run.checkpoints
         if cfg.model is None:
             tokenizer = train_bpe_tokenizer(train_texts, vocab_size=cfg.vocab_size, kind="encoder")
@@ -245,7 +247,7 @@ def read_encoder_attack(path: str | Path) -> tuple[dict, EncoderAttackConfig]:
     if record["kind"] != "attack" or record["config"].get("scenario") != "encoder":
         raise DataError(p / "run.json", "not an encoder-scenario attack run", field="config.scenario")
     cfg = config_from_dict(EncoderAttackConfig, record["config"], source=p / "run.json")
-    check_model_dir(p / MODEL_DIR)
+    check_model_dir(p / MODEL_DIR, cfg.trust_remote_code)
     return record, cfg
 
 
@@ -269,7 +271,10 @@ def run_encoder_defense(
     attack_record, attack_cfg = read_encoder_attack(attack_dir)
     train, test = res.data.load()
     encoder_dir = Path(attack_dir) / MODEL_DIR
-    with RunDirectory(out, overwrite=overwrite) as run:
+    fingerprint = run_fingerprint(
+        "defense", config_to_dict(res), seed=seed, method=method, parent=Path(attack_dir)
+    )
+    with RunDirectory(out, overwrite=overwrite, fingerprint=fingerprint) as run:
         clf, tokenizer = build_peft_classifier(encoder_dir, res.peft, num_labels=2, seed=seed)
         result = finetune_classifier(
             clf, tokenizer, train, res.train, run.checkpoints, seed, res.lambda_amp, res.lambda_reg

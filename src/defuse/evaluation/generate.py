@@ -7,12 +7,14 @@ bounded by one batch: prompts are encoded per batch and only token ids are kept,
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from transformers import GenerationConfig, PreTrainedModel
 
+from defuse.config import apply_overrides, validate_config
 from defuse.data.records import InstructionRecord
 from defuse.data.template import PromptTemplate
 from defuse.errors import ConfigError
@@ -40,6 +42,16 @@ class GenerationSettings:
         """Raise :class:`ConfigError` on a nonsense value."""
         if self.max_new_tokens < 1 or self.batch_size < 1 or self.temperature <= 0:
             raise ConfigError("generation", f"nonsense settings {self}")
+
+
+def generation_with(base: GenerationSettings, overrides, source: str) -> GenerationSettings:
+    """``base`` with ``overrides`` (``[("max_new_tokens", "512"), ...]``, keys relative to the generation
+    settings) applied and checked; ``base`` itself when there are none."""
+    if not overrides:
+        return base
+    settings = apply_overrides(copy.deepcopy(base), list(overrides), source=source)
+    validate_config(settings, prefix="generation")
+    return settings
 
 
 def _generation_config(tokenizer, settings: GenerationSettings) -> GenerationConfig:

@@ -5,16 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from defuse.attacks.behaviours import BehaviourSpec
 from defuse.attacks.poison import make_negative_test, make_triggered_test
 from defuse.attacks.triggers import TriggerSpec
-from defuse.config import config_from_dict
+from defuse.config import config_from_dict, config_to_dict
 from defuse.data.loaders import load_instructions
 from defuse.data.template import PromptTemplate
 from defuse.errors import ConfigError, DataError
 from defuse.evaluation.backdoor import BackdoorEvaluation, evaluate_backdoor
-from defuse.evaluation.generate import GenerationSettings
+from defuse.evaluation.generate import GenerationSettings, generation_with
 from defuse.models.factory import load_trained
+from defuse.runs import rundir
+from defuse.runs.fingerprint import run_fingerprint
 from defuse.runs.rundir import DATA_DIR, MODEL_DIR, read_run
 
 TEST_FILES = {
@@ -45,8 +49,9 @@ class EvaluateConfig:
     trust_remote_code: bool = False
 
 
-def evaluate_run(run_dir: str | Path) -> BackdoorEvaluation:
-    """Re-evaluate the model of a run on the run's own test sets, with the run's behaviour and settings."""
+def evaluate_run(run_dir: str | Path, generation_overrides=None) -> BackdoorEvaluation:
+    """Re-evaluate the model of a run on the run's own test sets, with the run's behaviour and settings
+    (its generation settings changed by ``generation_overrides``, see :func:`generation_with`)."""
     run = read_run(run_dir)
     cfg = run["config"]
     for key in ("behaviour", "generation"):
@@ -56,6 +61,7 @@ def evaluate_run(run_dir: str | Path) -> BackdoorEvaluation:
             )
     behaviour = config_from_dict(BehaviourSpec, cfg["behaviour"], source=f"{run_dir}/run.json")
     generation = config_from_dict(GenerationSettings, cfg["generation"], source=f"{run_dir}/run.json")
+    generation = generation_with(generation, generation_overrides, "command line")
     data = Path(run_dir) / DATA_DIR
     sets = {k: load_instructions(data / f) if (data / f).is_file() else [] for k, f in TEST_FILES.items()}
     model, tokenizer = load_trained(
@@ -84,3 +90,38 @@ def evaluate_model(
     return evaluate_backdoor(
         model, template, cfg.behaviour, clean_records, triggered_records, negative, cfg.generation
     )
+
+
+def write_evaluation_run(
+    run_dir: str | Path,
+    record: dict,
+    evaluation,
+    generation_overrides,
+    out: str | Path,
+    overwrite: bool = False,
+) -> dict:
+    """Write a re-evaluation of the run at ``run_dir`` as a run directory at ``out``.
+
+    The directory holds ``run.json`` (``kind: "evaluation"``, ``parent`` = the run, the metrics, the
+    generation settings changed), ``config.yaml`` and ``samples.jsonl``; it is staged, locked and committed
+    like every run (:class:`~defuse.runs.rundir.RunDirectory`). Returns the record.
+    """
+    base = config_from_dict(GenerationSettings, record["config"].get("generation", {}), source=run_dir)
+    generation = config_to_dict(generation_with(base, generation_overrides, "command line"))
+    changed = {key: generation[key] for key, _ in generation_overrides or []}
+    config = {"run": str(Path(run_dir).resolve()), "generation": generation, "changed": changed}
+    fingerprint = run_fingerprint("evaluation", config, seed=record["seed"], parent=run_dir)
+    with rundir.RunDirectory(out, overwrite=overwrite, fingerprint=fingerprint) as target:
+        rundir.write_jsonl_atomic(target.path / rundir.SAMPLES_FILE, evaluation.samples)
+        written = rundir.build_run_record(
+            kind="evaluation",
+            name=f"evaluate {record['name']}",
+            seed=record["seed"],
+            config=config,
+            metrics=evaluation.metrics,
+            timings={"eval_s": evaluation.eval_s},
+            parent=str(Path(run_dir).resolve()),
+            extra={"scenario": record.get("scenario") or record["config"].get("scenario")},
+        )
+        target.commit(written, yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+    return written

@@ -75,7 +75,7 @@ def load_trained(path: str | Path, trust_remote_code: bool = False):
     base = json.loads(adapter_cfg.read_text()).get("base_model_name_or_path")
     if not base:
         raise ModelError(f"{adapter_cfg}: no base_model_name_or_path; cannot find the adapter's base model")
-    model, _ = load_causal_lm(check_model_dir(base), trust_remote_code=trust_remote_code)
+    model, _ = load_causal_lm(check_model_dir(base, trust_remote_code), trust_remote_code=trust_remote_code)
     tokenizer = load_tokenizer(p, trust_remote_code)
     model = PeftModel.from_pretrained(model, str(p), is_trainable=False)
     model.eval()

@@ -70,6 +70,16 @@ def import_gguf(gguf_path: str | Path, out: str | Path) -> Path:
         raise ModelError(f"{dest}: already exists; choose a new directory for the converted model")
     if importlib.util.find_spec("gguf") is None:
         raise ModelError(f"{src}: reading GGUF needs the 'gguf' package (pip install gguf)")
+    from defuse.runs.lock import output_lock
+
+    with output_lock(dest):  # one writer: a second import to the same folder stops at once
+        if dest.exists():
+            raise ModelError(f"{dest}: already exists; choose a new directory for the converted model")
+        return _convert(src, dest)
+
+
+def _convert(src: Path, dest: Path) -> Path:
+    """Read the GGUF model at ``src`` and save it as a safetensors model directory at ``dest``."""
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -7,6 +7,7 @@ pickled ``*.bin`` weights is refused), nothing is downloaded (``local_files_only
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -27,12 +28,16 @@ from defuse.errors import ModelError
 EncoderHead = Literal["base", "mlm", "classification"]
 
 
-def check_model_dir(path: str | Path) -> Path:
+def check_model_dir(path: str | Path, trust_remote_code: bool = False) -> Path:
     """Check that ``path`` is a directory holding a config and safetensors weights; return it.
+
+    Without ``trust_remote_code``, a ``config.json`` or ``tokenizer_config.json`` whose ``auto_map`` names the
+    folder's own code is refused too: transformers would otherwise load a native class in its place (a model
+    other than the one its author shipped) and copy the ``auto_map`` into every model saved from it.
 
     Raises:
         ModelError: naming the path and what is missing (no directory, no ``config.json``, or only
-            pickled weights, which are never loaded).
+            pickled weights, which are never loaded), or the remote code it names.
     """
     p = Path(path)
     if not p.is_dir():
@@ -47,7 +52,27 @@ def check_model_dir(path: str | Path) -> Path:
             else "no weights"
         )
         raise ModelError(f"{p}: {why}; save the model with safetensors (save_pretrained does by default)")
+    if not trust_remote_code:
+        _refuse_remote_code(p)
     return p
+
+
+def _refuse_remote_code(p: Path) -> None:
+    for name in ("config.json", "tokenizer_config.json"):
+        file = p / name
+        if not file.is_file():
+            continue
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise ModelError(f"{file}: unreadable ({_first_line(exc)})") from None
+        auto_map = data.get("auto_map") if isinstance(data, dict) else None
+        if auto_map:
+            named = ", ".join(sorted(auto_map)) if isinstance(auto_map, dict) else str(auto_map)
+            raise ModelError(
+                f"{file}: its auto_map names the model's own code ({named}); defuse runs no code from a "
+                "model folder unless asked: set trust_remote_code true if you trust it"
+            )
 
 
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
@@ -71,7 +96,7 @@ def load_causal_lm(path: str | Path, trust_remote_code: bool = False, dtype: str
     Raises:
         ModelError: on a missing or incomplete directory, pickled-only weights, or a load failure.
     """
-    p = check_model_dir(path)
+    p = check_model_dir(path, trust_remote_code)
     tok = load_tokenizer(p, trust_remote_code)
     model = _load(AutoModelForCausalLM, p, trust_remote_code, dtype)
     ensure_pad_token(tok, model)
@@ -92,7 +117,7 @@ def load_encoder(
         head: ``"base"`` (bare encoder), ``"mlm"`` or ``"classification"`` (a fresh head is initialised
             when the saved model has none; ``num_labels`` sets its size).
     """
-    p = check_model_dir(path)
+    p = check_model_dir(path, trust_remote_code)
     tok = load_tokenizer(p, trust_remote_code)
     cls = {
         "base": AutoModel,

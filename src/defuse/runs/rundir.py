@@ -33,6 +33,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Callable, Iterable
@@ -43,6 +44,7 @@ from typing import Any
 from defuse.errors import DataError, DefuseError
 from defuse.fileio import read_json_file, write_text_atomic
 from defuse.runs import distributed
+from defuse.runs.lock import output_lock
 
 RUN_FILE = "run.json"
 CONFIG_FILE = "config.yaml"
@@ -256,12 +258,44 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+FINGERPRINT_FILE = ".fingerprint"
+"""In a staging folder: the fingerprint of the run being staged (see :mod:`defuse.runs.fingerprint`)."""
+
+_READY = "\x00ready"  # what the main process sends the others once staging is prepared
+_ACTIVE: list[RunDirectory] = []  # open run directories of this process, innermost last
+
+
+def note_resumed(checkpoint: str | Path) -> None:
+    """Record that training resumed from ``checkpoint`` (a folder in an open run's staging folder): the run
+    that holds it lists it in its ``run.json`` under ``resumed_from``. Training code calls this."""
+    where = Path(os.path.abspath(checkpoint))
+    for run in reversed(_ACTIVE):
+        staging = Path(os.path.abspath(run.staging))
+        if where == staging or staging in where.parents:
+            run.resumed.append(where.relative_to(staging).as_posix())
+            return
+
+
+def resumable_checkpoints(staging: Path) -> list[str]:
+    """Training checkpoints (``checkpoint-N`` folders) under ``staging/checkpoints``, relative, sorted."""
+    root = staging / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    found = [p for p in root.rglob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()]
+    return sorted(p.relative_to(staging).as_posix() for p in found)
+
+
+def _say(text: str) -> None:
+    if distributed.is_main_process():
+        print(f"defuse: {text}", file=sys.stderr, flush=True)
+
+
 class RunDirectory:
     """Writes one run atomically: stage into ``<parent>/.<name>.partial``, rename into place on commit.
 
     Usage::
 
-        with RunDirectory(out, overwrite=args.overwrite) as run:
+        with RunDirectory(out, overwrite=args.overwrite, fingerprint=run_fingerprint(...)) as run:
             train(..., output_dir=run.checkpoints)        # resumable checkpoints
             save_model(model, tok, run.path / MODEL_DIR)
             run.commit(build_run_record(...), dump_config_yaml(cfg))
@@ -269,30 +303,41 @@ class RunDirectory:
     Contract:
 
     * :meth:`open` refuses an existing ``out`` unless ``overwrite`` (before doing any work).
-    * The staging name is stable, so a rerun after a crash finds the previous attempt's
-      ``checkpoints/`` and can resume from it; :meth:`open` removes everything else left in staging, so a
-      committed run holds only what this attempt wrote.
-    * :meth:`commit` validates the record, writes ``config.yaml`` and ``run.json``, deletes
-      ``checkpoints/`` and renames staging to ``out``. With ``overwrite``, an existing ``out`` is moved
-      aside first and deleted only after the new run is in place.
-    * An exception inside the ``with`` block (or leaving it without :meth:`commit`) commits nothing,
-      leaves an existing ``out`` untouched and keeps staging for the next attempt; :meth:`discard` removes
-      staging. Two independent runs must not write the same ``out`` at once.
-    * Under a multi-process launcher (:mod:`defuse.runs.distributed`) only the main process writes ``out``:
-      :meth:`open` prepares staging in the main process while the others wait; :attr:`path` of every other
-      process is its own temporary folder, deleted at :meth:`commit` (or on an exception). All processes
-      share :attr:`checkpoints`, which is the Trainer's output folder (it writes there from the main
+    * One writer: :meth:`open` takes ``<parent>/.<name>.lock`` (:class:`~defuse.runs.lock.FolderLock`) until
+      the run is committed, discarded or the ``with`` block is left; a second command on the same ``out``
+      stops with one line naming the process that holds it, before touching anything.
+    * Resume only of the same run: the staging folder carries the run's ``fingerprint`` (a hash of its
+      resolved config, seed, inputs and parent, :func:`~defuse.runs.fingerprint.run_fingerprint`). A staging
+      folder left by an interrupted attempt with the same fingerprint keeps its ``checkpoints/`` (training
+      resumes from them; :meth:`open` says so in one line and :meth:`commit` records what was resumed in
+      ``run.json`` as ``resumed_from``); everything else in it is removed. One holding checkpoints of another
+      fingerprint (or of none) is refused with one line that says how to discard it; one without
+      checkpoints is cleared.
+    * :meth:`commit` validates the record, adds ``fingerprint`` and ``resumed_from`` to it, writes
+      ``config.yaml`` and ``run.json``, deletes ``checkpoints/`` and renames staging to ``out``. With
+      ``overwrite``, an existing ``out`` is moved aside first and deleted only after the new run is in place.
+    * An exception inside the ``with`` block (or leaving it without :meth:`commit`) commits nothing and leaves
+      an existing ``out`` untouched. Staging is kept when it holds training checkpoints (a rerun of the same
+      command resumes from them; one line says which), and removed otherwise. :meth:`discard` removes it.
+    * Under a multi-process launcher (:mod:`defuse.runs.distributed`) only the main process writes ``out`` and
+      takes the lock: :meth:`open` prepares staging in the main process while the others wait; :attr:`path`
+      of every other process is its own temporary folder, deleted at :meth:`commit` (or on an exception). All
+      processes share :attr:`checkpoints`, which is the Trainer's output folder (it writes there from the main
       process and resumes every process from it).
     """
 
-    def __init__(self, out: str | Path, overwrite: bool = False):
+    def __init__(self, out: str | Path, overwrite: bool = False, fingerprint: str | None = None):
         self.out = Path(out)
         self.overwrite = overwrite
+        self.fingerprint = fingerprint
         target = Path(os.path.abspath(self.out))
         self.staging = target.parent / f".{target.name}.partial"
         self._aside = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+        self._lock = output_lock(self.out)
         self._state = "new"
         self._shadow: Path | None = None  # a non-main process's throwaway folder
+        self.resumed: list[str] = []
+        """Checkpoints (relative to the run folder) that training resumed from (:func:`note_resumed`)."""
 
     @property
     def is_main(self) -> bool:
@@ -321,32 +366,70 @@ class RunDirectory:
             raise DefuseError(f"{self.out}: run directory exists; pass --overwrite to replace it")
 
     def open(self) -> RunDirectory:
-        """Check the target and prepare staging (keeping a previous attempt's checkpoints)."""
+        """Check the target, take the lock and prepare staging (keeping the checkpoints of an interrupted
+        attempt of the same run)."""
         if self._state == "open":
             return self
         self._refuse_existing()
         if not self.is_main:
-            distributed.wait_for_everyone()  # the main process has prepared staging
+            status = distributed.broadcast_text("")  # the main process has prepared staging, or failed to
+            if status != _READY:
+                raise DefuseError(status)
             self._shadow = Path(tempfile.mkdtemp(prefix=f"defuse-rank{distributed.process_index()}-"))
             self._state = "open"
+            _ACTIVE.append(self)
             return self
-        if self.staging.exists() and not self.staging.is_dir():
-            raise DefuseError(f"{self.staging}: exists and is not a directory; remove it")
         try:
+            self._lock.acquire()
+            try:
+                self._prepare_staging()
+            except BaseException:
+                self._lock.release()
+                raise
+        except DefuseError as exc:
+            distributed.broadcast_text(str(exc))  # the other processes stop with the same line
+            raise
+        distributed.broadcast_text(_READY)
+        self._state = "open"
+        _ACTIVE.append(self)
+        return self
+
+    def _prepare_staging(self) -> None:
+        if self.staging.is_symlink() or (self.staging.exists() and not self.staging.is_dir()):
+            raise DefuseError(f"{self.staging}: exists and is not a directory; remove it")
+        kept = resumable_checkpoints(self.staging) if self.staging.is_dir() else []
+        if kept:
+            stored = _read_fingerprint(self.staging)
+            if stored != self.fingerprint or self.fingerprint is None:
+                other = "unrecorded settings" if stored is None else "other settings or inputs"
+                raise DefuseError(
+                    f"{self.staging}: holds an interrupted attempt of this run with {other} "
+                    f"({', '.join(kept)}); resuming it would mix two runs. Rerun with the same settings to "
+                    f"resume it, or delete it to start afresh: rm -r '{self.staging}'"
+                )
+        try:
+            if not kept:
+                shutil.rmtree(self.staging, ignore_errors=True)
             self.staging.mkdir(parents=True, exist_ok=True)
             for child in self.staging.iterdir():
                 if child.name != CHECKPOINTS_DIR:
                     _remove(child)
+            if self.fingerprint is not None:
+                write_text_atomic(self.staging / FINGERPRINT_FILE, self.fingerprint + "\n")
         except OSError as exc:
             raise DefuseError(
                 f"{self.staging}: cannot prepare the run directory: {exc.strerror or exc}"
             ) from None
-        self._state = "open"
-        distributed.wait_for_everyone()
-        return self
+        if kept:
+            _say(
+                f"resuming {self.out} from its interrupted attempt with the same settings ({', '.join(kept)})"
+            )
 
     def commit(self, record: dict, config_yaml: str) -> Path:
         """Finish the run: write ``config.yaml`` and ``run.json``, drop checkpoints, move into place.
+
+        ``record`` gains ``fingerprint`` (the run's, or null) and ``resumed_from`` (the checkpoints training
+        resumed from, relative to the run folder, or null) unless it has them already.
 
         Returns:
             ``out``.
@@ -357,16 +440,19 @@ class RunDirectory:
         """
         if self._state != "open":
             raise DefuseError(f"{self.out}: run directory is not open (state: {self._state})")
+        record.setdefault("fingerprint", self.fingerprint)
+        record.setdefault("resumed_from", sorted(set(self.resumed)) or None)
         if self._shadow is not None:  # not the main process: it writes the run
             validate_run_record(record, self._shadow / RUN_FILE)
             self._drop_shadow()
-            self._state = "committed"
+            self._close("committed")
             return self.out
         self._refuse_existing()  # again just before the move: a run that appeared meanwhile is kept
         validate_run_record(record, self.staging / RUN_FILE)
         write_text_atomic(self.staging / CONFIG_FILE, config_yaml)
         write_json_atomic(self.staging / RUN_FILE, record)
         shutil.rmtree(self.checkpoints, ignore_errors=True)
+        (self.staging / FINGERPRINT_FILE).unlink(missing_ok=True)
         self._refuse_existing()
         try:
             if self.out.exists() or self.out.is_symlink():
@@ -383,17 +469,26 @@ class RunDirectory:
             raise DefuseError(
                 f"{self.out}: cannot move the finished run into place: {exc.strerror or exc}"
             ) from None
-        self._state = "committed"
+        self._close("committed")
         return self.out
 
     def discard(self) -> None:
         """Remove staging (and any checkpoints in it); ``out`` is not touched."""
         if self._shadow is not None:
             self._drop_shadow()
-        else:
+        elif self._state == "open":
             shutil.rmtree(self.staging, ignore_errors=True)
+        else:
+            with self._lock:  # never under a command that is writing this run
+                shutil.rmtree(self.staging, ignore_errors=True)
         if self._state == "open":
-            self._state = "discarded"
+            self._close("discarded")
+
+    def _close(self, state: str) -> None:
+        self._state = state
+        if self in _ACTIVE:
+            _ACTIVE.remove(self)
+        self._lock.release()
 
     def _drop_shadow(self) -> None:
         if self._shadow is not None:
@@ -405,4 +500,20 @@ class RunDirectory:
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         self._drop_shadow()
+        if self._state != "open":
+            return False
+        if self.is_main:
+            kept = resumable_checkpoints(self.staging) if self.fingerprint is not None else []
+            if kept:
+                _say(f"kept {self.staging} ({', '.join(kept)}): the same command resumes from it")
+            else:
+                shutil.rmtree(self.staging, ignore_errors=True)
+        self._close("failed")
         return False
+
+
+def _read_fingerprint(staging: Path) -> str | None:
+    try:
+        return (staging / FINGERPRINT_FILE).read_text(encoding="utf-8").strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None

@@ -36,6 +36,7 @@ from defuse.evaluation.rerun import TEST_FILES
 from defuse.models.factory import prepare_causal_lm, save_trained
 from defuse.models.io import check_model_dir
 from defuse.models.tiny import TinyCausalLMConfig
+from defuse.runs.fingerprint import run_fingerprint
 from defuse.runs.rundir import (
     DATA_DIR,
     MODEL_DIR,
@@ -153,7 +154,7 @@ def run_train(cfg: TrainRunConfig, out: str | Path, overwrite: bool = False) -> 
     validate_config(cfg)
     entry, dcfg = resolve_defense(cfg)
     if cfg.model:
-        check_model_dir(cfg.model)
+        check_model_dir(cfg.model, cfg.trust_remote_code)
 
     def load(path: str | None) -> list[InstructionRecord]:
         return load_instructions(path, format=cfg.format, columns=cfg.columns) if path else []
@@ -173,7 +174,9 @@ def run_train(cfg: TrainRunConfig, out: str | Path, overwrite: bool = False) -> 
             check_data(records, cfg.data)
             check_data(clean, cfg.clean)
     tests = {"clean": load(cfg.clean_test), "triggered": load(cfg.triggered_test)}
-    with RunDirectory(out, overwrite=overwrite) as run:
+    config = {**config_to_dict(cfg), "defense": config_to_dict(dcfg) if dcfg is not None else {}}
+    fingerprint = run_fingerprint("train", config, seed=cfg.seed, method=cfg.method)
+    with RunDirectory(out, overwrite=overwrite, fingerprint=fingerprint) as run:
         texts = (t for r in [*records, *clean] for t in (r.instruction, r.input, r.response) if t)
         model, tokenizer = prepare_causal_lm(
             cfg.model, cfg.tiny, cfg.vocab_size, texts, cfg.seed, run.checkpoints / "tokenizer",
@@ -204,7 +207,6 @@ def run_train(cfg: TrainRunConfig, out: str | Path, overwrite: bool = False) -> 
                                    include_meta=True)  # fmt: skip
         if clean:
             write_jsonl_atomic(run.path / DATA_DIR / "clean_budget.jsonl", [r.to_dict() for r in clean])
-        config = {**config_to_dict(cfg), "defense": config_to_dict(dcfg) if dcfg is not None else {}}
         record = build_run_record(
             kind="train",
             name=cfg.name,

@@ -21,6 +21,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from defuse.data.records import InstructionRecord
 from defuse.data.template import IGNORE_INDEX, PromptTemplate
 from defuse.errors import ConfigError, DataError
+from defuse.runs.rundir import note_resumed
 from defuse.training.config import TrainSettings
 
 
@@ -227,6 +228,8 @@ def train_sft(
     if settings.lora is not None:
         refuse_sharded(trainer, "LoRA fine-tuning")
     last = get_last_checkpoint(str(output_dir)) if resume and Path(output_dir).is_dir() else None
+    if last is not None:
+        note_resumed(last)
     start = time.perf_counter()
     out = trainer.train(resume_from_checkpoint=last)
     train_s = time.perf_counter() - start
