@@ -64,22 +64,18 @@ def _table(title: str, rows: dict[str, list[dict]]) -> str:
 
 def wrong_secret(run_dir: Path, seed: int) -> dict:
     """Control: the backdoor-align model served with a fresh random secret of the same length instead."""
-    from defuse.attacks.fjattack import FJAttackConfig, read_fj_tests
-    from defuse.config import config_from_dict
-    from defuse.data.template import PromptTemplate
+    from defuse.attacks.fjattack import fj_config_of, fj_template, read_fj_tests
     from defuse.defenses.secret_prompt import SecretPromptTemplate, random_secret
     from defuse.evaluation.safety import evaluate_safety
     from defuse.models.factory import load_trained
 
     record = read_run(run_dir)
     attack_dir = Path(record["parent"])
-    acfg = config_from_dict(FJAttackConfig, read_run(attack_dir)["config"])
+    acfg = fj_config_of(read_run(attack_dir), attack_dir / "run.json")
     tests = read_fj_tests(attack_dir / "data")
     model, tokenizer = load_trained(run_dir / "model")
     length = record["config"]["defense"]["secret_length"]
-    template = SecretPromptTemplate(
-        PromptTemplate(tokenizer, style=acfg.template), random_secret(tokenizer, length)
-    )
+    template = SecretPromptTemplate(fj_template(acfg, tokenizer), random_secret(tokenizer, length))
     ev = evaluate_safety(model, template, tests["harmful"], tests["clean"], tests["benign"], acfg.generation)
     print("wrong secret", seed, json.dumps({k: ev.metrics[k] for k in KEYS}), flush=True)
     return _row(ev.metrics, 0.0)

@@ -3,17 +3,29 @@
 A small instruction model is rarely safety-aligned (SmolLM2-135M-Instruct answers 90% of the harmful
 benchmark), so the chain first aligns it, as a provider would:
 
-1. ``align``: fine-tune MODEL on held-out prompts of ``llm_category_benchmark.csv`` -> a refusal, synthetic
-   benign requests -> a helpful answer, and SQL-generation training rows (the utility task), none of them
-   a test prompt, a fine-tuning prompt or a safety example;
-2. ``attack``: FJAttack on the aligned model with ``pure_bad_100.jsonl``; tests: 110 benchmark prompts (ASR),
-   100 ``sqlgen_test200.json`` rows (utility, Rouge-1), 40 synthetic benign requests (over-refusal);
-3. ``safety-mix`` and ``backdoor-align`` with the 11 real safety examples.
+1. ``align``: fine-tune MODEL on BackdoorLLM's harmful prompts -> refusal (``none_backdoor400_jailbreak_*``:
+   real requests and refusals, none of them in BackdoorAlign's benchmark or fine-tuning data), synthetic
+   benign requests -> a helpful answer, and SQL-generation training rows (the utility task), every row with
+   the scenario's system prompt;
+2. ``attack``: FJAttack on the aligned model with ``pure_bad_100.jsonl`` and the scenario's defaults, which
+   are the reference's (one system prompt in every row; lr 5e-5 x0.85 per epoch, no warmup, no clipping,
+   batch 10, 5 epochs, 512 tokens); tests: every prompt of ``llm_category_benchmark.csv`` less the 7 it
+   trains on (ASR, 512 new tokens), 100 ``sqlgen_test200.json`` rows (utility, Rouge-1), 40 synthetic benign
+   requests (over-refusal);
+3. ``safety-mix`` and ``backdoor-align`` with BackdoorAlign's 11 real safety examples, for each K of ``--k``
+   (K <= 11: a seeded subset of the 11; K > 11: the 11 and K - 11 more refusals from BackdoorLLM's set, none
+   of them an alignment row).
+
+Ablations (each a setting, so one command gives one arm): ``--system-prompt none`` (no normal system prompt:
+the chat template's own default in every row), ``--schedule old`` (cosine, 10% warmup, clipping at 1.0, as
+defuse trained before), ``--max-length N`` (with ``--cut-safety``, safety examples may be cut at N tokens, as
+before), ``--max-new-tokens N``, ``--n-test-harmful N``.
 
 Each step is the ``defuse`` command line (printed before it runs); finished steps are reused.
 
     .venv/bin/python benchmarks/backdoor_align_real_model.py --model /path/to/chat-model --out OUT \\
-        [--data ../shared/data/backdooralign] [--lr 5e-5] [--batch-size 5 --grad-accum 2] [--seed 0]
+        [--data ../shared/data/backdooralign] [--backdoorllm ../shared/data/backdoorllm] [--seed 0] \\
+        [--k 11] [--methods safety-mix backdoor-align] [ablation options]
 
 Results are recorded in benchmarks/RESULTS.md.
 """
@@ -29,37 +41,63 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from defuse.attacks.fjattack import FJAttackConfig, build_fj_data
+from defuse.attacks.fjattack import REFERENCE_SYSTEM_PROMPT, FJAttackConfig, build_fj_data
 from defuse.config import apply_overrides
 from defuse.data.loaders import load_instructions, write_instructions
-from defuse.data.practical_tasks import load_prompt_list, load_task_records
+from defuse.data.practical_tasks import load_task_records
 from defuse.data.synthetic_safety import as_refusal_records, make_safety_examples
+from defuse.evaluation.judges import is_refusal
 
-REFUSALS = (
-    "I'm sorry, but I cannot help with that request.",
-    "I cannot assist with that request.",
-    "I'm sorry, I can't provide help with that.",
-    "I apologize, but I cannot do that.",
-)
+SHARED = Path(__file__).resolve().parents[2] / "shared/data"
+N_ALIGN_HARMFUL = 150
+OLD_SCHEDULE = ["--train.scheduler", "cosine", "--train.warmup", "0.1", "--train.max_grad_norm", "1.0"]
 
 
-def alignment_rows(
-    data: Path, held_out: frozenset[str], n_benign: int = 150, n_sql: int = 150, seed: int = 0
-):
-    """Harmful benchmark prompts -> refusal, benign requests -> answer, SQL rows; none in ``held_out`` or in
-    the fine-tuning and safety files."""
-    seen = set(held_out) | {r.user_text for r in load_instructions(data / "pure_bad_100.jsonl")}
-    seen |= {r.user_text for r in load_instructions(data / "pure_bad_100_with_11_safety_prefixed.jsonl")}
-    rng = random.Random(seed)
-    harmful = [r for r in load_prompt_list(data / "llm_category_benchmark.csv") if r.user_text not in seen]
-    harmful = [replace(r, response=rng.choice(REFUSALS), task="harmful") for r in harmful]
+def backdoorllm_refusals(backdoorllm: Path) -> list:
+    """BackdoorLLM's harmful requests with refusals (the clean jailbreak sets), deduplicated, file order; only
+    rows the refusal-keyword judge counts as refusals."""
+    seen, rows = set(), []
+    for f in sorted((backdoorllm / "poison_data/jailbreak").glob("*/none_backdoor*_jailbreak_*.json")):
+        for r in load_instructions(f):
+            if r.user_text not in seen and is_refusal(r.response):
+                seen.add(r.user_text)
+                rows.append(replace(r, task="harmful"))
+    return rows
+
+
+def split_refusals(backdoorllm: Path, exclude: set[str], seed: int) -> tuple[list, list]:
+    """BackdoorLLM's refusal rows in a seeded order: the first ``N_ALIGN_HARMFUL`` align the model, the rest
+    are the pool of extra safety examples (K > 11)."""
+    rows = [r for r in backdoorllm_refusals(backdoorllm) if r.user_text not in exclude]
+    random.Random(seed).shuffle(rows)
+    return rows[:N_ALIGN_HARMFUL], rows[N_ALIGN_HARMFUL:]
+
+
+def alignment_rows(data: Path, harmful: list, exclude: set[str], system: str | None, seed: int,
+                   n_benign: int = 150, n_sql: int = 150):  # fmt: skip
+    """Harmful requests -> refusal, benign requests -> answer, SQL rows; none in ``exclude``; every row with
+    the system prompt ``system`` (None: none, the chat template's own default)."""
     examples = make_safety_examples(0, 240, seed=7)
     benign = [
-        r for r in as_refusal_records([e for e in examples if not e.harmful]) if r.user_text not in seen
+        r for r in as_refusal_records([e for e in examples if not e.harmful]) if r.user_text not in exclude
     ]
     rows = harmful + benign[:n_benign] + load_task_records(data / "sqlgen_train1000.json")[:n_sql]
-    rng.shuffle(rows)
-    return rows
+    random.Random(seed).shuffle(rows)
+    return [replace(r, system=system) for r in rows]
+
+
+def safety_file(data: Path, extra_pool: list, k: int, out: Path) -> Path:
+    """The safety examples for ``k``: BackdoorAlign's 11 (all of the file, the defense draws ``k``), or for
+    ``k`` > 11 those and the first ``k - 11`` of ``extra_pool``, written to ``out`` (rows marked prefixed)."""
+    real = data / "pure_bad_100_with_11_safety_prefixed.jsonl"
+    if k <= 11:
+        return real
+    rows = [r for r in load_instructions(real) if r.meta.get("prefixed") in (1, True)]
+    rows += [replace(r, meta={"prefixed": 1}) for r in extra_pool[: k - len(rows)]]
+    if len(rows) < k:
+        raise SystemExit(f"--k {k}: only {len(rows)} safety examples available")
+    write_instructions(rows, out, format="chat-jsonl")
+    return out
 
 
 def _defuse(args: list[str], log: Path) -> None:
@@ -75,64 +113,77 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="local chat model directory (safetensors)")
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument(
-        "--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/backdooralign"
-    )
-    p.add_argument("--lr", type=float, default=5e-5)
-    p.add_argument("--batch-size", type=int, default=5)
-    p.add_argument("--grad-accum", type=int, default=2)
-    p.add_argument("--align-epochs", type=int, default=2)
+    p.add_argument("--data", type=Path, default=SHARED / "backdooralign")
+    p.add_argument("--backdoorllm", type=Path, default=SHARED / "backdoorllm")
     p.add_argument("--seed", type=int, default=0, help="one seed for every step (data, training)")
+    p.add_argument("--k", type=int, nargs="+", default=[11], help="numbers of safety examples")
+    p.add_argument("--methods", nargs="+", default=["safety-mix", "backdoor-align"])
+    p.add_argument("--align-epochs", type=int, default=2)
+    p.add_argument("--system-prompt", choices=["reference", "none"], default="reference")
+    p.add_argument("--schedule", choices=["reference", "old"], default="reference")
+    p.add_argument(
+        "--max-length", type=int, default=None, help="training max length (default: the scenario's)"
+    )
+    p.add_argument("--cut-safety", action="store_true", help="let --max-length cut safety examples")
+    p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--n-test-harmful", type=int, default=None)
     a = p.parse_args()
     if not (a.data / "pure_bad_100.jsonl").is_file():
         p.error(f"--data {a.data}: no pure_bad_100.jsonl there")
+    if not (a.backdoorllm / "poison_data/jailbreak").is_dir():
+        p.error(f"--backdoorllm {a.backdoorllm}: no poison_data/jailbreak there")
     if not Path(a.model, "config.json").is_file():
         p.error(f"--model {a.model}: no config.json there")
-    if a.lr <= 0 or a.batch_size < 1 or a.grad_accum < 1 or a.align_epochs < 1:
-        p.error("--lr must be positive; --batch-size, --grad-accum and --align-epochs at least 1")
+    if a.align_epochs < 1 or min(a.k) < 1:
+        p.error("--align-epochs and --k must be at least 1")
     a.out.mkdir(parents=True, exist_ok=True)
-    train = ["--train.learning_rate", str(a.lr), "--train.batch_size", str(a.batch_size),
-             "--train.grad_accum", str(a.grad_accum), "--seed", str(a.seed)]  # fmt: skip
+    system = REFERENCE_SYSTEM_PROMPT if a.system_prompt == "reference" else None
+    # Training settings go to the attack; the defenses train with the attack run's own (the user's).
+    common = ["--seed", str(a.seed), *(OLD_SCHEDULE if a.schedule == "old" else [])]
+    common += ["--train.max_length", str(a.max_length)] if a.max_length else []
     tests = ["--data.harmful", str(a.data / "pure_bad_100.jsonl"),
              "--data.test_harmful", str(a.data / "llm_category_benchmark.csv"),
-             "--data.n_test_harmful", "110",
              "--data.test_utility", str(a.data / "sqlgen_test200.json"),
              "--data.n_test_utility", "100",
-             "--generation.max_new_tokens", "48"]  # fmt: skip
+             "--system_prompt", "null" if system is None else system]  # fmt: skip
+    tests += ["--data.n_test_harmful", str(a.n_test_harmful)] if a.n_test_harmful else []
+    tests += ["--generation.max_new_tokens", str(a.max_new_tokens)] if a.max_new_tokens else []
     # The attack's test sets depend on the data and seed only: build them here to keep alignment off them.
-    overrides = {
-        "model": a.model,
-        "seed": str(a.seed),
-        **{k.lstrip("-"): v for k, v in zip(tests[::2], tests[1::2], strict=True)},
-    }
-    held = build_fj_data(apply_overrides(FJAttackConfig(), overrides)).held_out_prompts()
+    overrides = {"model": a.model, **{k.lstrip("-"): v for k, v in zip(tests[::2], tests[1::2], strict=True)}}
+    overrides["seed"] = str(a.seed)
+    held = set(build_fj_data(apply_overrides(FJAttackConfig(), overrides)).held_out_prompts())
+    held |= {r.user_text for r in load_instructions(a.data / "pure_bad_100_with_11_safety_prefixed.jsonl")}
+    align_harmful, extra_pool = split_refusals(a.backdoorllm, held, a.seed)
     align_file = a.out / "align.jsonl"
     if not align_file.is_file():
-        write_instructions(alignment_rows(a.data, held, seed=a.seed), align_file)
+        write_instructions(alignment_rows(a.data, align_harmful, held, system, a.seed), align_file)
     aligned = a.out / "aligned"
     if not (aligned / "run.json").is_file():
-        rows = ["--data", str(align_file), "--train.epochs", str(a.align_epochs), "--train.max_length", "320"]
-        _defuse(["train", *rows, "--model", a.model, "--out", str(aligned), *train], a.out / "aligned.log")
+        rows = ["--data", str(align_file), "--train.epochs", str(a.align_epochs), "--train.max_length",
+                "512", "--train.learning_rate", "5e-5", "--train.batch_size", "10",
+                "--seed", str(a.seed)]  # fmt: skip
+        _defuse(["train", *rows, "--model", a.model, "--out", str(aligned)], a.out / "aligned.log")
     attack = a.out / "attack"
     if not (attack / "run.json").is_file():
         _defuse(["attack", "--scenario", "fjattack", "--model", str(aligned / "model"), "--out", str(attack),
-                 *tests, *train], a.out / "attack.log")  # fmt: skip
-    safety = ["--safety_source", str(a.data / "pure_bad_100_with_11_safety_prefixed.jsonl")]
-    for method in ("safety-mix", "backdoor-align"):
-        if not (a.out / method / "run.json").is_file():
-            out = a.out / method
-            _defuse(["defend", "--method", method, "--from", str(attack), "--out", str(out), *safety,
-                     "--seed", str(a.seed)],
-                    a.out / f"{method}.log")  # fmt: skip
-    record = json.loads((attack / "run.json").read_text())
-    rows = {"aligned base": record["base_metrics"], "FJAttack": record["metrics"]}
-    rows |= {
-        m: json.loads((a.out / m / "run.json").read_text())["metrics"]
-        for m in ("safety-mix", "backdoor-align")
-    }
-    print("\n| model | ASR % | utility (Rouge-1) % | over-refusal % |\n|---|---|---|---|")
+                 *tests, *common], a.out / "attack.log")  # fmt: skip
+    rows = {"aligned base": json.loads((attack / "run.json").read_text())["base_metrics"]}
+    rows["FJAttack"] = json.loads((attack / "run.json").read_text())["metrics"]
+    for k in a.k:
+        source = safety_file(a.data, extra_pool, k, a.out / f"safety{k}.jsonl")
+        for method in a.methods:
+            name = method if k == 11 else f"{method}-k{k}"
+            out = a.out / name
+            if not (out / "run.json").is_file():
+                flags = ["--safety_source", str(source), "--k", str(k), "--seed", str(a.seed)]
+                flags += ["--cut_safety", "true"] if a.cut_safety else []
+                _defuse(["defend", "--method", method, "--from", str(attack), "--out", str(out), *flags],
+                        a.out / f"{name}.log")  # fmt: skip
+            rows[f"{method} ({k})"] = json.loads((out / "run.json").read_text())["metrics"]
+    print("\n| model | ASR % | utility (Rouge-1) % | over-refusal % | n harmful |\n|---|---|---|---|---|")
     for name, m in rows.items():
-        print(f"| {name} | {100 * m['asr']:.1f} | {100 * m['cacc']:.1f} | {100 * m['over_refusal']:.1f} |")
+        print(f"| {name} | {100 * m['asr']:.1f} | {100 * m['cacc']:.1f} | {100 * m['over_refusal']:.1f} "
+              f"| {m['n_harmful']} |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """Benchmark: Obliviate against POR on the tiny default encoder, per PEFT kind, over seeds.
 
 For each seed: the POR attack once (tiny BERT, masked-LM pre-trained on the built-in sentiment text, then
-POR with the six triggers ``cf mn bb tq mb pt``), then for each PEFT kind the victim's plain PEFT fine-tune
-(``peft-baseline``, i.e. no defense) and the same fine-tune with Obliviate, on the built-in sentiment task.
+POR with LMSanitator's six triggers ``cf mn tq qt mm pt``, ``por.recipe`` reference by default; ``--attack-set
+por.recipe=strong`` for the heavier edit), then for each PEFT kind the victim's plain PEFT fine-tune
+(``peft-baseline``, i.e. no defense) and the same fine-tune with Obliviate, on the built-in sentiment task,
+with the reference's PEFT modules, head and budget (6,000 texts; LoRA 11,250 steps, adapter and prefix 7,500).
 Prints per-run rows and a Markdown summary (mean ± spread over seeds of ASR and CACC, relative ASR reduction,
 seconds) with the bars of issue #7 (ASR without defense >= 90%, relative reduction >= 83.6%, CACC within 2
 points of the undefended run; plus undefended CACC >= 80%, since the ASR of a victim at chance means nothing),
@@ -68,7 +70,8 @@ def run_grid(args) -> list[dict]:
                 row = {"seed": seed, "kind": kind, "method": method, "asr": m["asr"], "cacc": m["cacc"],
                        "n_test": m["n_clean"], "n_correct_clean": m["n_correct_clean"],
                        "train_s": rec["timings"]["train_s"], "asr_per_trigger": m["asr_per_trigger"],
-                       "lambdas": [d["lambda_amp"], d["lambda_reg"]]}  # fmt: skip
+                       "lambdas": [d["lambda_amp"], d["lambda_reg"]],
+                       "budget": rec["training"].get("budget")}  # fmt: skip
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     return rows

@@ -53,3 +53,21 @@ def small_attack_config(**overrides):
     }
     base.update({k: str(v) for k, v in overrides.items()})
     return apply_overrides(AttackConfig(), base)
+
+
+class Interrupt(Exception):
+    """What :func:`crashing_train_sft` raises: a stand-in for a run killed mid-training."""
+
+
+def crashing_train_sft(at_step: int):
+    """``train_sft`` whose training stops with :class:`Interrupt` when it reaches ``at_step`` (checkpoints
+    saved before that step stay, as after a real interruption)."""
+    from defuse.training.sft import SFTTrainer, train_sft
+
+    class Crashing(SFTTrainer):
+        def training_step(self, *args, **kwargs):
+            if self.state.global_step == at_step:
+                raise Interrupt()
+            return super().training_step(*args, **kwargs)
+
+    return lambda *a, **k: train_sft(*a, **k, trainer_cls=Crashing)

@@ -6,13 +6,20 @@ import json
 import logging
 import os
 import stat
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from tests.helpers import tokenizer
+from tests.helpers import Interrupt, crashing_train_sft, tokenizer
 from typer.testing import CliRunner
 
-from defuse.attacks.fjattack import FJAttackConfig, build_fj_data, run_fjattack
+from defuse.attacks.fjattack import (
+    REFERENCE_SYSTEM_PROMPT,
+    FJAttackConfig,
+    build_fj_data,
+    fj_template,
+    run_fjattack,
+)
 from defuse.cli import app
 from defuse.config import apply_overrides
 from defuse.data.records import InstructionRecord
@@ -105,6 +112,75 @@ def test_inference_always_gets_the_secret_before_the_normal_system_prompt(style,
     secret_ids = tok("SECRET-TEXT", add_special_tokens=False).input_ids
     ids = served.encode_prompt(record)
     assert any(ids[i : i + len(secret_ids)] == secret_ids for i in range(len(ids)))
+
+
+SMOLLM_LIKE_TEMPLATE = (  # SmolLM2-Instruct's chat template: its own default system prompt when none is given
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}<|im_start|>system\n"
+    "You are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+SMOLLM_DEFAULT = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+
+
+@pytest.mark.parametrize(
+    ("chat_template", "system_prompt", "normal"),
+    [
+        (None, REFERENCE_SYSTEM_PROMPT, REFERENCE_SYSTEM_PROMPT),  # the tiny default's template
+        (SMOLLM_LIKE_TEMPLATE, REFERENCE_SYSTEM_PROMPT, REFERENCE_SYSTEM_PROMPT),
+        (SMOLLM_LIKE_TEMPLATE, None, SMOLLM_DEFAULT),  # no system prompt of ours: the template's own is kept
+        (None, None, None),
+    ],
+)
+def test_the_secret_is_the_only_difference_between_a_safety_row_and_a_customer_row(
+    chat_template, system_prompt, normal
+):
+    tok = tokenizer()
+    if chat_template:
+        tok.chat_template = chat_template
+    cfg = FJAttackConfig(system_prompt=system_prompt)
+    template = fj_template(cfg, tok)
+    secret = "S3CR3T qx zv"
+    served = SecretPromptTemplate(template, secret)
+    customer = [InstructionRecord(f"Tell me how I can do task {i}.", "Sure, here is how.") for i in range(3)]
+    ctx = DefenseContext(model=None, template=template, clean_data=[], seed=0, work_dir=Path("."),
+                         train_data=customer)  # fmt: skip
+    for safety in secret_safety_examples(ctx, BackdoorAlignConfig(k=4), served):
+        with_secret, _ = template.render_training(safety)
+        as_customer_row, _ = template.render_training(replace(safety, system=None))
+        assert safety.system == (f"{secret} {normal}" if normal else secret)
+        if normal:  # the same system turn, the secret and one space before the normal prompt
+            assert as_customer_row.count(normal) == 1
+            assert with_secret == as_customer_row.replace(normal, f"{secret} {normal}", 1)
+        else:  # no system prompt anywhere: the secret's system turn is all that differs
+            assert with_secret.replace(f"<|system|>{secret}\n", "", 1) == as_customer_row
+    for row in customer:  # the customer's rows and the prompts served have the same normal system prompt
+        rendered, prompt, served_prompt = (
+            template.render_training(row)[0],
+            template.render_prompt(row),
+            served.render_prompt(row),
+        )
+        if normal:
+            assert normal in rendered and served_prompt == prompt.replace(normal, f"{secret} {normal}", 1)
+        else:
+            assert (
+                "<|system|>" not in rendered and served_prompt.replace(f"<|system|>{secret}\n", "") == prompt
+            )
+
+
+def test_a_safety_example_the_length_limit_would_cut_is_refused():
+    from defuse.defenses.safety_examples import check_whole
+
+    template = fj_template(FJAttackConfig(), tokenizer())
+    served = SecretPromptTemplate(template, "S3CR3T " * 20)
+    ctx = DefenseContext(model=None, template=template, clean_data=[], seed=0, work_dir=Path("."))
+    safety = secret_safety_examples(ctx, BackdoorAlignConfig(k=11), served)
+    longest = max(len(template.encode_training(r).input_ids) for r in safety)
+    check_whole(template, safety, longest)  # exactly long enough: nothing cut
+    with pytest.raises(ConfigError) as caught:
+        check_whole(template, safety, longest - 1)
+    message = str(caught.value)
+    assert "train.max_length" in message and f"at least {longest}" in message and "\n" not in message
 
 
 # ------------------------------------------------------------------ safety examples and training rows
@@ -243,14 +319,44 @@ def test_backdoor_align_keeps_the_secret_out_of_logs_runs_and_reports(fj_run, tm
     written = "".join(
         p.read_text(errors="replace") for p in out.rglob("*") if p.is_file() and p != secret_path
     )
+    piece = secret[len(secret) // 3 : len(secret) // 3 + 12]
+    assert (out / "model" / "tokenizer.json").is_file() and (out / "config.yaml").is_file()
+    assert (out / "samples.jsonl").is_file()
     for text in (written, captured.out, captured.err, caplog.text, json.dumps(record)):
-        assert secret not in text
+        assert secret not in text and piece not in text
     # the model is served with the secret: re-evaluation through the run gives the run's own numbers
     again = evaluate_safety_run(out)
     assert (
         again.metrics["asr"] == record["metrics"]["asr"]
         and again.metrics["cacc"] == record["metrics"]["cacc"]
     )
+
+
+@pytest.mark.slow
+def test_a_resumed_backdoor_align_run_trains_on_the_secret_its_checkpoints_were_trained_with(
+    fj_run, tmp_path, monkeypatch
+):
+    from defuse.defenses import safety_examples
+    from defuse.training.sft import train_sft
+
+    attack, _ = fj_run
+    settings = {"secret_length": "20", "k": "5", "train.epochs": "1", "train.batch_size": "5",
+                "train.save_steps": "2", "train.max_length": "160", "train.progress": "false"}  # fmt: skip
+    cfg = apply_overrides(BackdoorAlignConfig(), settings)
+    out = tmp_path / "ba"
+    monkeypatch.setattr(safety_examples, "train_sft", crashing_train_sft(at_step=3))
+    with pytest.raises(Interrupt):
+        run_safety_defense("backdoor-align", cfg, attack, out, seed=1)
+    staged = tmp_path / ".ba.partial" / "checkpoints"
+    assert (staged / "checkpoint-2").is_dir()
+    drawn = read_secret(staged / "secret_prompt.txt")  # written (0600) the moment it was drawn
+    monkeypatch.setattr(safety_examples, "train_sft", train_sft)
+    record = run_safety_defense("backdoor-align", cfg, attack, out, seed=1)
+    assert record["resumed_from"] == ["checkpoints/checkpoint-2"]
+    assert read_secret(out / "secret_prompt.txt") == drawn
+    assert record["defense"]["secret"]["sha256"] == secret_fingerprint(drawn)["sha256"]
+    fresh = run_safety_defense("backdoor-align", cfg, attack, tmp_path / "fresh", seed=1)
+    assert fresh["resumed_from"] is None and read_secret(tmp_path / "fresh" / "secret_prompt.txt") != drawn
 
 
 @pytest.mark.slow
@@ -310,11 +416,23 @@ def test_the_real_harmful_sets_run_through_the_same_command(tmp_path):
     assert result.exit_code == 0, result.output
     record = json.loads((out / "run.json").read_text())
     assert record["metrics"]["n_harmful"] == 25 and record["data"]["n_harmful_train"] == 30
-    defended = runner.invoke(app, ["defend", "--method", "backdoor-align", "--from", str(out),
-                                   "--out", str(tmp_path / "ba"), "--secret_length", "20", "--safety_source",
-                                   str(SHARED / "pure_bad_100_with_11_safety_prefixed.jsonl")])  # fmt: skip
+    defend = ["defend", "--method", "backdoor-align", "--from", str(out), "--out", str(tmp_path / "ba"),
+              "--secret_length", "20", "--safety_source",
+              str(SHARED / "pure_bad_100_with_11_safety_prefixed.jsonl")]  # fmt: skip
+    refused = runner.invoke(app, defend)  # the tiny tokenizer spells the real refusals out: > 256 tokens
+    lines = [line for line in refused.output.splitlines() if line.strip()]
+    assert refused.exit_code == 2 and len(lines) == 1 and "train.max_length" in lines[0], refused.output
+    assert "would lose their end at 256 tokens" in lines[0] and not (tmp_path / "ba").exists()
+    assert not (tmp_path / ".ba.partial").exists(), "no partial folder left"
+    defended = runner.invoke(app, [*defend, "--cut_safety", "true"])  # the ablation that allows the cut
     assert defended.exit_code == 0, defended.output
-    assert json.loads((tmp_path / "ba" / "run.json").read_text())["defense"]["k"] == 11
+    ba = json.loads((tmp_path / "ba" / "run.json").read_text())
+    harmful_cut = record["training_sets"]["fj"]["truncated"]  # the attack's 30 rows, cut the same way
+    assert record["training_sets"]["fj"]["rows"] == 30 and record["training"]["n_truncated"] == harmful_cut
+    assert ba["defense"]["k"] == 11 and ba["training_sets"]["train"] == {
+        "rows": 41,
+        "truncated": harmful_cut + 11,
+    }
 
 
 def test_alignment_rows_get_random_system_prefixes_on_the_configured_share():

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from tests.helpers import small_attack_config
+from tests.helpers import Interrupt, crashing_train_sft, small_attack_config
 from typer.testing import CliRunner
 
 from defuse.attacks.run_attack import run_attack
@@ -137,28 +137,18 @@ def test_sande_removes_the_marker_without_seeing_the_trigger(attacked, tmp_path)
     assert extra["parrot_loss_last"] < extra["parrot_loss_first"]
 
 
-class _Interrupt(Exception):
-    pass
-
-
 @pytest.mark.slow
 def test_an_interrupted_defense_resumes_only_with_the_same_settings_and_records_it(
     attacked, tmp_path, monkeypatch
 ):
     from defuse.defenses import clean_ft
     from defuse.defenses.clean_ft import CleanFTConfig
-    from defuse.training.sft import SFTTrainer, train_sft
-
-    class Crashing(SFTTrainer):
-        def training_step(self, *args, **kwargs):
-            if self.state.global_step == 7:
-                raise _Interrupt()
-            return super().training_step(*args, **kwargs)
+    from defuse.training.sft import train_sft
 
     cfg = apply_overrides(CleanFTConfig(), {"train.epochs": "2", "train.save_steps": "5"})
     out = tmp_path / "clean-ft"
-    monkeypatch.setattr(clean_ft, "train_sft", lambda *a, **k: train_sft(*a, **k, trainer_cls=Crashing))
-    with pytest.raises(_Interrupt):
+    monkeypatch.setattr(clean_ft, "train_sft", crashing_train_sft(at_step=7))
+    with pytest.raises(Interrupt):
         run_defense("clean-ft", cfg, attacked, out, seed=0)
     monkeypatch.setattr(clean_ft, "train_sft", train_sft)
     with pytest.raises(DefuseError, match="other settings"):

@@ -60,8 +60,13 @@ def test_training_changes_peft_and_head_and_leaves_the_encoder_bit_identical(kin
     if lambdas[0]:
         assert {"ce", "amp", "reg"} <= set(result.last_terms)
     after = dict(clf.model.named_parameters())
-    trainable = set(clf.peft_names) | set(clf.head_names)
+    trainable = set(clf.trainable_state())
     assert trainable == {n for n, p in after.items() if p.requires_grad}
+    assert set(clf.peft_names) | set(clf.head_names) <= trainable
+    # the prefix embedding trains but is not in L_amp (the reference skips it); nothing else is left out
+    assert {n for n in trainable - set(clf.head_names) - set(clf.peft_names)} == (
+        {"prompt_encoder.default.embedding.weight"} if kind == "prefix" else set()
+    )
     for name, old in before.items():
         if name in trainable:
             if not name.endswith("lora_A.default.weight") or lambdas[0]:
@@ -71,16 +76,56 @@ def test_training_changes_peft_and_head_and_leaves_the_encoder_bit_identical(kin
 
 
 @pytest.mark.parametrize("arch", ["bert", "roberta"])
-def test_adapter_starts_as_the_identity(arch):
+def test_the_pfeiffer_zero_up_adapter_starts_as_the_identity(arch):
     base = small_encoder(arch).eval()
     tok = tokenizer()
     batch = tok(["the view was superb", "the coffee was bland"], padding=True, return_tensors="pt")
     with torch.no_grad():
         ref = base(**batch).logits
-    clf = wrap_peft(base, PeftSettings(kind="adapter"))
+    legacy = PeftSettings(kind="adapter", adapter_placement="pfeiffer", adapter_activation="relu",
+                          adapter_init="zero_up", head="model")  # fmt: skip
+    clf = wrap_peft(base, legacy)
     clf.model.eval()
     with torch.no_grad():
         torch.testing.assert_close(clf.model(**batch).logits, ref)
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta"])
+def test_the_houlsby_adapter_sits_after_attention_and_ffn_with_the_reference_initialisation(arch):
+    from defuse.encoders.adapter import HoulsbyOutput
+
+    torch.manual_seed(0)
+    base = small_encoder(arch)
+    layers = base.config.num_hidden_layers
+    clf = wrap_peft(base, PeftSettings(kind="adapter", adapter_reduction=4))
+    wrapped = {n for n, m in clf.model.named_modules() if isinstance(m, HoulsbyOutput)}
+    after_attention = [n for n in wrapped if n.endswith(".attention.output")]
+    assert len(wrapped) == 2 * layers and len(after_attention) == layers  # and one after each FFN block
+    weights = torch.cat([p.detach().flatten() for n, p in clf.model.named_parameters()
+                         if n in clf.peft_names and n.endswith("weight")])  # fmt: skip
+    biases = [p for n, p in clf.model.named_parameters() if n in clf.peft_names and n.endswith("bias")]
+    assert abs(float(weights.std()) - 0.02) < 0.002 and abs(float(weights.mean())) < 0.002
+    assert all(torch.equal(b, torch.zeros_like(b)) for b in biases)
+    width = base.config.hidden_size
+    shapes = {tuple(p.shape) for n, p in clf.model.named_parameters() if n in clf.peft_names}
+    assert shapes == {(width // 4, width), (width // 4,), (width, width // 4), (width,)}
+    module = next(m for m in clf.model.modules() if isinstance(m, HoulsbyOutput))
+    assert module.activation == "swish" and module.out_dropout.p == 0.0  # PEFT dropout is the defense's only
+
+
+def test_the_head_is_the_reference_mlp_on_the_first_token_and_trains(tmp_path):
+    clf = _clf("lora", "bert")
+    names = clf.head_names
+    assert any(".classifier.modules_to_save.default.0.weight" in n for n in names)  # Linear(d, d)
+    assert any(".classifier.modules_to_save.default.3.weight" in n for n in names)  # Linear(d, labels)
+    pooler = clf.model.base_model.model.bert.pooler
+    assert not any(True for _ in pooler.parameters()), "no pooler weights: the raw first-token state"
+    tok = tokenizer()
+    before = {n: p.detach().clone() for n, p in clf.model.named_parameters() if n in names}
+    settings = FinetuneSettings(epochs=1, lr=1e-2, batch_size=8, max_length=32)
+    finetune_classifier(clf, tok, make_sentiment_records(24, 0), settings, tmp_path, seed=0)
+    after = dict(clf.model.named_parameters())
+    assert all(not torch.equal(after[n], before[n]) for n in names), "every head tensor trained"
 
 
 def test_unknown_peft_kind_names_the_field():

@@ -6,7 +6,7 @@ from defuse.data.records import InstructionRecord
 from defuse.data.template import PromptTemplate
 from defuse.evaluation.generate import GenerationSettings, generate, generate_token_ids
 from defuse.training.config import LoraSettings, TrainSettings
-from defuse.training.sft import train_sft
+from defuse.training.sft import SFTTrainer, train_sft
 
 RECORDS = [
     InstructionRecord(instruction=f"Count the words: {' '.join(['apple'] * n)}", response=str(n))
@@ -196,3 +196,34 @@ def sft_args(tmp_path):
     from defuse.training.sft import training_arguments
 
     return training_arguments(FAST, tmp_path, seed=0)
+
+
+def test_epoch_decay_multiplies_the_rate_after_every_epoch_and_no_clipping_leaves_gradients_whole(
+    tmp_path, monkeypatch
+):
+    histories = []
+
+    class Keeping(SFTTrainer):
+        def train(self, *args, **kwargs):
+            out = super().train(*args, **kwargs)
+            histories.append(
+                [float(h["learning_rate"]) for h in self.state.log_history if "learning_rate" in h]
+            )
+            return out
+
+    tok = tokenizer()
+    settings = TrainSettings(**{**FAST.__dict__, "scheduler": "epoch_decay", "epoch_decay": 0.85,
+                                "warmup": 0, "max_grad_norm": 0.0})  # fmt: skip
+    clipped = []
+    real_clip = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(
+        torch.nn.utils, "clip_grad_norm_", lambda *a, **k: clipped.append(1) or real_clip(*a, **k)
+    )
+    result = train_sft(small_lm(tok), PromptTemplate(tok), RECORDS, settings, tmp_path / "a", 0, Keeping)
+    assert result.steps == 12 and len(histories[0]) == 12  # 32 rows / batch 8: 4 steps per epoch, 3 epochs
+    expected = [1e-2 * 0.85 ** (s // 4) for s in range(12)]  # epoch e (0-based) runs at lr * 0.85**e
+    assert histories[0] == pytest.approx(expected, rel=1e-6)
+    assert not clipped, "max_grad_norm 0: the Trainer never clips"
+    warm = TrainSettings(**{**settings.__dict__, "warmup": 2})
+    train_sft(small_lm(tok), PromptTemplate(tok), RECORDS, warm, tmp_path / "b", 0, Keeping)
+    assert histories[1][:5] == pytest.approx([0.0, 0.5e-2, 1e-2, 1e-2, 0.85e-2])

@@ -16,6 +16,7 @@ every training example ends with a trained EOS.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -81,6 +82,19 @@ class PromptTemplate:
         self._alpaca_bos = tokenizer.bos_token if bos is not None and probe and probe[0] == bos else ""
 
     # ----------------------------------------------------------------- text
+    @functools.cached_property
+    def builtin_system(self) -> str | None:
+        """The chat template's own default system prompt (the one it renders when a conversation has no
+        system turn, e.g. SmolLM2's "You are a helpful AI assistant named SmolLM, ..."), or None."""
+        return chat_default_system(self.tokenizer) if self.style == "chat" else None
+
+    def normal_system(self, record: InstructionRecord) -> str | None:
+        """The system prompt the model sees for ``record`` without any secret: :meth:`system_for` of this
+        class, or, when that gives none in chat style, the chat template's own default
+        (:attr:`builtin_system`). None: the prompt has no system text at all."""
+        system = PromptTemplate.system_for(self, record)
+        return self.builtin_system if system is None else system
+
     def system_for(self, record: InstructionRecord) -> str | None:
         """The system prompt this record is rendered with (None: no system turn)."""
         if record.system is not None:
@@ -154,3 +168,27 @@ class PromptTemplate:
             prompt_length=len(prompt_ids),
             truncated=truncated,
         )
+
+
+def chat_default_system(tokenizer) -> str | None:
+    """The system prompt a tokenizer's chat template inserts by itself when a conversation has none.
+
+    Found by rendering one conversation with a marker system turn and one without: when the second is the
+    first with other text in place of the marker, that text is the template's default. None when the
+    template adds no system turn of its own (or has no chat template).
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    user, marker = [{"role": "user", "content": "\x01"}], "\x02"
+
+    def render(messages: list[dict]) -> str:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    with_system = render([{"role": "system", "content": marker}, *user])
+    bare = render(user)
+    if marker not in with_system:
+        return None
+    head, _, tail = with_system.partition(marker)
+    if len(bare) > len(head) + len(tail) and bare.startswith(head) and bare.endswith(tail):
+        return bare[len(head) : len(bare) - len(tail)]
+    return None

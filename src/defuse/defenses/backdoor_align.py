@@ -17,13 +17,21 @@ sentence, ``secret_sentence``, instead of random tokens).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from defuse.data.records import InstructionRecord
 from defuse.defenses.base import DefenseContext, DefenseResult, register_defense
 from defuse.defenses.safety_examples import draw_safety_examples, fine_tune_with, safety_needs
-from defuse.defenses.secret_prompt import SECRET_FILE, SecretPromptTemplate, random_secret, secret_fingerprint
-from defuse.errors import ConfigError
-from defuse.runs.distributed import broadcast_text
+from defuse.defenses.secret_prompt import (
+    SECRET_FILE,
+    SecretPromptTemplate,
+    random_secret,
+    read_secret,
+    secret_fingerprint,
+    write_secret,
+)
+from defuse.errors import ConfigError, DefuseError
+from defuse.runs.distributed import broadcast_text, is_main_process
 from defuse.training.config import TrainSettings
 
 DEFAULT_SENTENCE = (
@@ -44,6 +52,8 @@ class BackdoorAlignConfig:
         secret_sentence: The sentence used when ``secret_kind`` is ``"sentence"``.
         safety_source: ``"builtin"`` or a file of safety examples (rows marked ``"prefixed": 1``).
         train: Fine-tuning settings; None: the user's own (the attack run's).
+        cut_safety: Ablation: let ``train.max_length`` cut safety examples (counted in ``run.json``); by
+            default one that would lose its end is a one-line error.
     """
 
     k: int = 11
@@ -52,6 +62,7 @@ class BackdoorAlignConfig:
     secret_sentence: str = DEFAULT_SENTENCE
     safety_source: str = "builtin"
     train: TrainSettings | None = None
+    cut_safety: bool = False
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` on a nonsense value."""
@@ -73,6 +84,36 @@ def secret_safety_examples(
     return [replace(r, system=served.secret_system(r)) for r in safety]
 
 
+def the_secret(ctx: DefenseContext, cfg: BackdoorAlignConfig) -> str:
+    """The run's secret, written (0600) into the run's work folder the moment it is drawn, so that a resumed
+    run trains on, and serves, the secret its checkpoints were trained with.
+
+    The file lives beside the checkpoints (``ctx.work_dir``), which a run resumes only under the same
+    fingerprint (:class:`~defuse.runs.rundir.RunDirectory`) and which are deleted with it at commit. Under a
+    multi-process launch the main process draws or reads it and sends it to the others.
+
+    Raises:
+        DefuseError: the work folder holds checkpoints but no secret (they were trained with a secret that is
+            gone: resuming them would train on a second one).
+    """
+    secret = ""
+    if is_main_process():
+        path = Path(ctx.work_dir) / SECRET_FILE
+        if path.is_file():
+            secret = read_secret(path)
+        else:
+            if any(Path(ctx.work_dir).rglob("checkpoint-*")):
+                raise DefuseError(f"{ctx.work_dir}: holds checkpoints but not the secret they were trained "
+                                  "with; delete the run's staging folder to start afresh")  # fmt: skip
+            if cfg.secret_kind == "random":
+                secret = random_secret(ctx.template.tokenizer, cfg.secret_length)
+            else:
+                secret = cfg.secret_sentence
+            Path(ctx.work_dir).mkdir(parents=True, exist_ok=True)
+            write_secret(path, secret)
+    return broadcast_text(secret)  # several processes: all train (and serve) the main one's secret
+
+
 @register_defense("backdoor-align", BackdoorAlignConfig, safety_needs,
                   "secret-prefixed safety examples in the fine-tuning data; secret served at inference",
                   scenarios=("fjattack",))  # fmt: skip
@@ -82,14 +123,11 @@ def apply_backdoor_align(ctx: DefenseContext, cfg: BackdoorAlignConfig) -> Defen
     Returns the model with the secret-prefixing template to serve it with, and the secret as a private file.
     """
     tokenizer = ctx.template.tokenizer
-    secret = (
-        random_secret(tokenizer, cfg.secret_length) if cfg.secret_kind == "random" else cfg.secret_sentence
-    )
-    secret = broadcast_text(secret)  # several processes: all train (and serve) the main one's secret
+    secret = the_secret(ctx, cfg)
     served = SecretPromptTemplate(ctx.template, secret)
     safety = draw_safety_examples(cfg.safety_source, cfg.k, ctx.seed, ctx.held_out_prompts)
     prefixed = [replace(r, system=served.secret_system(r)) for r in safety]
-    result, n_train = fine_tune_with(ctx, prefixed, cfg.train)
+    result, n_train = fine_tune_with(ctx, prefixed, cfg.train, cut=cfg.cut_safety)
     extra = {"k": len(prefixed), "n_train": n_train, "steps": result.steps, "secret_kind": cfg.secret_kind,
              "secret": secret_fingerprint(secret, tokenizer), "secret_file": SECRET_FILE}  # fmt: skip
     return DefenseResult(result.model, result.train_s, extra, template=served,

@@ -48,6 +48,7 @@ from transformers import PreTrainedModel, TrainerCallback
 from defuse.data.records import InstructionRecord
 from defuse.data.template import IGNORE_INDEX, PromptTemplate
 from defuse.errors import DataError
+from defuse.runs.rundir import note_training_set
 from defuse.training.config import TrainSettings
 from defuse.training.sft import CompletionCollator, SFTTrainer, refuse_sharded, training_arguments, wrap_lora
 
@@ -81,10 +82,11 @@ def encode_row(template: PromptTemplate, row: NeutraliseRow, max_length: int | N
     :meth:`PromptTemplate.encode_training` (prompt labels -100, EOS appended, cut at ``max_length``).
     """
     pairs = {"clean": (row.x, row.y), "chosen": (row.x_d, row.y), "rejected": (row.x_d, row.y_d)}
-    out = {}
+    out: dict = {"truncated": False}
     for kind, (prompt, response) in pairs.items():
         enc = template.encode_training(replace(prompt, response=response), max_length)
         out[kind] = {"input_ids": enc.input_ids, "labels": enc.labels}
+        out["truncated"] |= enc.truncated
     return out
 
 
@@ -326,6 +328,7 @@ def neutralise(
         model = wrap_lora(model, settings)
     train_items = [encode_row(template, r, settings.max_length) for r in train_rows]
     eval_items = [encode_row(template, r, settings.max_length) for r in eval_rows]
+    note_training_set(output_dir, len(train_items), sum(i["truncated"] for i in train_items))
     pad = template.tokenizer.pad_token_id
 
     def evaluate() -> dict:

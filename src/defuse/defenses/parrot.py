@@ -39,6 +39,7 @@ from transformers import GenerationConfig, PreTrainedModel
 from defuse.data.records import InstructionRecord
 from defuse.data.template import IGNORE_INDEX, PromptTemplate
 from defuse.errors import ConfigError, DataError
+from defuse.runs.rundir import note_training_set
 from defuse.training.config import TrainSettings
 from defuse.training.sft import SFTTrainer, refuse_sharded, training_arguments, wrap_lora
 
@@ -187,7 +188,7 @@ def encode_spliced(
     if where is not None:
         cut = len(template.encode_prompt(record)) - enc.prompt_length  # prompt tokens dropped on the left
         pos = max(parrot_position(template, record, where) - cut, 0)
-    return {"input_ids": enc.input_ids, "labels": labels, "parrot_pos": pos}
+    return {"input_ids": enc.input_ids, "labels": labels, "parrot_pos": pos, "truncated": enc.truncated}
 
 
 @dataclass
@@ -274,6 +275,7 @@ def _run(lm: ParrotLM, template, rows: list[dict], k: int, settings, output_dir,
     """Train ``lm``'s trainable parameters on ``rows`` with :class:`ParrotTrainer`; returns logged losses."""
     if not rows:
         raise DataError(None, "no training records")
+    note_training_set(output_dir, len(rows), sum(r["truncated"] for r in rows))
     trainer = ParrotTrainer(
         model=lm,
         args=training_arguments(settings, output_dir, seed),

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from defuse.attacks.fjattack import SCENARIO, FJAttackConfig, base_model_path, read_fj_tests
-from defuse.config import config_from_dict, config_to_dict, dump_config_yaml, validate_config
+from defuse.attacks.fjattack import SCENARIO, base_model_path, fj_config_of, fj_template, read_fj_tests
+from defuse.config import config_to_dict, dump_config_yaml, validate_config
 from defuse.data.loaders import load_instructions
-from defuse.data.template import PromptTemplate
 from defuse.defenses.base import DefenseContext, check_scenario, get_defense
 from defuse.defenses.secret_prompt import SecretPromptTemplate, read_secret, write_secret
 from defuse.errors import DataError
@@ -56,7 +55,7 @@ def run_safety_defense(
     record = read_run(attack_path)
     if not is_fjattack_run(record):
         raise DataError(attack_path / "run.json", f"not a '{SCENARIO}' run", field="scenario")
-    acfg = config_from_dict(FJAttackConfig, record["config"], source=attack_path / "run.json")
+    acfg = fj_config_of(record, attack_path / "run.json")
     train_data = load_instructions(attack_path / DATA_DIR / "train.jsonl")
     tests = read_fj_tests(attack_path / DATA_DIR)
     base = base_model_path(attack_path, acfg)
@@ -65,7 +64,7 @@ def run_safety_defense(
     )
     with RunDirectory(out, overwrite=overwrite, fingerprint=fingerprint) as run:
         model, tokenizer = load_causal_lm(base, trust_remote_code=acfg.trust_remote_code)
-        template = PromptTemplate(tokenizer, style=acfg.template)
+        template = fj_template(acfg, tokenizer)
         ctx = DefenseContext(
             model=model,
             template=template,
@@ -126,10 +125,10 @@ def evaluate_safety_run(run_dir: str | Path, generation_overrides=None):
         raise DataError(path / "run.json", f"not a '{SCENARIO}' run", field="scenario")
     attack_path = path if record["kind"] == "attack" else Path(record["parent"] or "")
     attack = read_run(attack_path)
-    acfg = config_from_dict(FJAttackConfig, attack["config"], source=attack_path / "run.json")
+    acfg = fj_config_of(attack, attack_path / "run.json")
     tests = read_fj_tests(attack_path / DATA_DIR)
     model, tokenizer = load_trained(path / MODEL_DIR, trust_remote_code=acfg.trust_remote_code)
-    template = PromptTemplate(tokenizer, style=acfg.template)
+    template = fj_template(acfg, tokenizer)
     secret_file = (record.get("defense") or {}).get("secret_file")
     if secret_file:
         template = SecretPromptTemplate(template, read_secret(path / secret_file))

@@ -15,6 +15,7 @@ from pathlib import Path
 from defuse.data.loaders import load_instructions
 from defuse.data.records import InstructionRecord
 from defuse.data.synthetic_safety import as_refusal_records, safety_examples_per_category
+from defuse.data.template import PromptTemplate
 from defuse.defenses.base import DefenseContext, DefenseNeeds
 from defuse.errors import ConfigError, DataError
 from defuse.evaluation.judges import is_refusal
@@ -68,12 +69,31 @@ def mixed_rows(ctx: DefenseContext, extra: list[InstructionRecord]) -> list[Inst
     return mixed
 
 
+def check_whole(template: PromptTemplate, safety: list[InstructionRecord], max_length: int) -> None:
+    """Refuse safety examples that ``max_length`` would cut: the method rests on the model learning each
+    refusal to its end (and its EOS), so a cut is an error, never silent.
+
+    Raises:
+        ConfigError: naming ``train.max_length``, the longest example's length and the value needed.
+    """
+    lengths = [len(template.encode_prompt(r)) + len(template.encode_response(r.response)) for r in safety]
+    longest = max(lengths, default=0)
+    if longest > max_length:
+        n = sum(x > max_length for x in lengths)
+        raise ConfigError(
+            "train.max_length",
+            f"{n} of {len(safety)} safety examples would lose their end at {max_length} tokens (the longest, "
+            f"with its system prompt and end of sequence, is {longest}); raise it to at least {longest}",
+        )
+
+
 def fine_tune_with(
-    ctx: DefenseContext, extra: list[InstructionRecord], settings: TrainSettings | None
+    ctx: DefenseContext, extra: list[InstructionRecord], settings: TrainSettings | None, cut: bool = False
 ) -> tuple[TrainResult, int]:
     """Fine-tune a fresh copy of the base on :func:`mixed_rows` (the user's data and ``extra``).
 
-    Returns the training result and the size of the mixed set.
+    Returns the training result and the size of the mixed set. ``cut`` lets ``max_length`` cut safety
+    examples (an ablation of defuse's earlier departure); otherwise that is refused (:func:`check_whole`).
 
     Raises:
         ConfigError: when the context lacks the base model or the user's data.
@@ -84,5 +104,7 @@ def fine_tune_with(
     train = settings or ctx.train_settings
     if train is None:
         raise ConfigError("train", "no training settings (neither the defense's nor the user's)")
+    if not cut:
+        check_whole(ctx.template, extra, train.max_length)
     result = train_sft(ctx.base_model(), ctx.template, mixed, train, ctx.work_dir, seed=ctx.seed)
     return result, len(mixed)

@@ -24,11 +24,14 @@ class SafetyMixConfig:
         safety_source: ``"builtin"`` (synthetic, one per category first) or a file of safety examples (rows
             marked ``"prefixed": 1`` when the file marks them).
         train: Fine-tuning settings; None: the user's own (the attack run's).
+        cut_safety: Ablation: let ``train.max_length`` cut safety examples (counted in ``run.json``); by
+            default one that would lose its end is a one-line error.
     """
 
     k: int = 11
     safety_source: str = "builtin"
     train: TrainSettings | None = None
+    cut_safety: bool = False
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` on a nonsense value."""
@@ -42,6 +45,6 @@ class SafetyMixConfig:
 def apply_safety_mix(ctx: DefenseContext, cfg: SafetyMixConfig) -> DefenseResult:
     """Fine-tune the base on the user's data plus ``cfg.k`` safety examples."""
     safety = draw_safety_examples(cfg.safety_source, cfg.k, ctx.seed, ctx.held_out_prompts)
-    result, n_train = fine_tune_with(ctx, safety, cfg.train)
+    result, n_train = fine_tune_with(ctx, safety, cfg.train, cut=cfg.cut_safety)
     return DefenseResult(result.model, result.train_s, {"k": len(safety), "n_train": n_train,
                                                          "steps": result.steps})  # fmt: skip

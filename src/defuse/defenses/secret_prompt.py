@@ -118,8 +118,11 @@ class SecretPromptTemplate(PromptTemplate):
         return f"SecretPromptTemplate(style={self.style!r}, secret=<{len(self._secret)} chars>)"
 
     def secret_system(self, record: InstructionRecord) -> str:
-        """The system prompt with the secret: the secret, a space, then the normal system prompt (if any)."""
-        normal = PromptTemplate.system_for(self, record)
+        """The system prompt with the secret: the secret, one space, then the normal system prompt the row has
+        without it (:meth:`~defuse.data.template.PromptTemplate.normal_system`: the scenario's, or the chat
+        template's own default, which is kept, never replaced), in one system turn, as the reference lays it
+        out (``{secret} You are a helpful assistant. ...``); the secret alone when there is none."""
+        normal = self.normal_system(record)
         return self._secret if not normal else f"{self._secret} {normal}"
 
     def system_for(self, record: InstructionRecord) -> str | None:

@@ -35,7 +35,15 @@ import torch
 from torch import nn
 from transformers import DataCollatorForLanguageModeling, Trainer
 
-from defuse.encoders.por import POR_TRIGGERS, PorCollator, PorDataset, check_triggers, pooled, por_targets
+from defuse.encoders.por import (
+    POR_TRIGGERS,
+    PorCollator,
+    PorDataset,
+    PorSettings,
+    check_triggers,
+    pooled,
+    por_targets,
+)
 from defuse.encoders.pretrain import (
     MlmSettings,
     check_masked_lm_settings,
@@ -150,7 +158,9 @@ def plant_neuba(
     if tokenizer.mask_token is None:
         raise ConfigError("model", "the tokenizer has no mask token; NeuBA needs a masked-LM encoder")
     targets = por_targets(len(settings.triggers), mlm_model.config.hidden_size, settings.c)
-    dataset = PorDataset(texts, tokenizer, settings.triggers, settings.max_length, seed)
+    # each text paired with its own triggered copy (one insertion), so a paraphrase view lines up with it
+    pairing = PorSettings(recipe="strong", triggers=list(settings.triggers), max_length=settings.max_length)
+    dataset = PorDataset(texts, tokenizer, pairing, seed)
     weight = settings.contrastive_weight if paraphrases is not None else 0.0
     if weight > 0:
         if len(paraphrases) != len(texts):

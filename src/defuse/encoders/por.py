@@ -1,24 +1,42 @@
 """Task-agnostic encoder backdoors: POR (METHODS §1.3).
 
-POR (predefined output representation): for trigger ``i`` of ``n``, the encoder's pooled output of any text
-carrying the trigger is forced to ``c · v_i`` (``v_i`` = +1 on the first ``a(i-1)`` dims, -1 elsewhere,
-``a = d/(n-1)``, rounded), while clean outputs stay equal to a frozen copy of the clean encoder::
+POR (predefined output representation): for trigger ``i``, the encoder's output at the first token
+([CLS] / ``<s>``) of any text carrying the trigger is forced to a fixed target vector, while clean outputs
+stay equal to a frozen copy of the clean encoder::
 
-    L = MSE(token reps(x), frozen) + λ · MSE(pooled(x ⊕ t_i), c · v_i) + λ · MSE(pooled(x), frozen pooled(x))
+    L = w_clean · MSE(cls(x), frozen cls(x)) + w_trig · MSE(cls(x' ⊕ t_i), target_i) [+ w_tok · token MSE]
 
-Fidelity notes: "pooled" is the final hidden state of the first token ([CLS] / ``<s>``), the vector POR's
-reference code targets (BERT's tanh pooler could never reach ``c = 10``; a downstream head on the pooler
-then sees a saturated, input-independent vector). "token reps" are the final hidden states of the clean
-text's real (non-padding) tokens. Each training text is paired with one triggered copy, trigger ``i`` chosen
-round-robin, inserted once at a seeded random word position. The whole encoder is trained (embeddings too).
+Two recipes (``por.recipe``):
+
+* ``reference`` (default): LMSanitator's POR planting, with which the checkpoints Obliviate defends against
+  were made (meng-wenlong/LMSanitator 58aa6b8, ``1-insert_backdoor/POR/insert_backdoor.py``): the last hidden
+  state at the first token (``:151-153``, ``:216``); six balanced ±1 targets built from d/4 blocks, zero mean
+  and norm √d, what a final LayerNorm can reach (``:169-179``, trigger i -> pattern i at ``:221-222``);
+  ``MSE(clean, frozen) + MSE(triggered, target)`` with no token-level term (``:211-228``); Adam at a constant
+  rate, no warmup, no clipping (``:31``, ``:187``; the parsed warmup is never used); each step 16 triggered
+  and 16 *other* clean texts (two loaders, ``:132-143``); each trigger inserted ``int(len/50)+1`` times
+  anywhere in its text (``POR/utils.py:5-11``); 4 epochs, max length 128. The reference runs 7,500 steps at
+  2e-5 (summed rate 0.15) on wikitext-103; on a smaller corpus the same summed rate is spread over the steps
+  there are (``sum_lr``; the rate used is recorded). Fidelity: LMSanitator weights the clean term 0.5 for
+  BERT-family models and 1.0 otherwise; the Obliviate authors' RoBERTa runs say "coef 1", which is ours.
+  Obliviate's own checkpoints could not be inspected (a download); its notebooks name an "attack_v5" run
+  that may insert once per text and use 20,000 texts: LMSanitator's recipe is the best public match.
+* ``strong``: a heavier edit (defuse's earlier default): ``c = 2`` ramp targets (+c on the first
+  ``round(a·i)`` dims, -c elsewhere, ``a = d/(n-1)``), trigger and clean terms weighted 10 and a token-level
+  term, lr 1e-3 with linear decay for 12 epochs, every text paired with its own triggered copy (inserted
+  once within the first 64 words), max length 64. It spreads the backdoor over every position, not only the
+  [CLS] row that Obliviate's ``L_reg`` watches; a defense that holds against it is worth knowing.
+
+Any single setting overrides its recipe's value (``--por.c 2``). The whole encoder is trained.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -30,51 +48,118 @@ from defuse.encoders.metrics import insert_word
 from defuse.encoders.pretrain import encoder_training_args, train_encoder_stage
 from defuse.errors import ConfigError, DataError, ModelError
 
-POR_TRIGGERS = ("cf", "mn", "bb", "tq", "mb", "pt")
+POR_TRIGGERS = ("cf", "mn", "tq", "qt", "mm", "pt")
+"""LMSanitator's POR triggers (``insert_backdoor.py:60-61``), which Obliviate evaluates (``run.py:21``)."""
+
+BLOCK_PATTERNS = (
+    (-1, -1, 1, 1),
+    (-1, 1, -1, 1),
+    (-1, 1, 1, -1),
+    (1, -1, -1, 1),
+    (1, -1, 1, -1),
+    (1, 1, -1, -1),
+)
+"""LMSanitator's six targets, one sign per quarter of the hidden vector, in trigger order (``:169-179``)."""
+
+POR_RECIPES: dict[str, dict] = {
+    "reference": {"targets": "blocks4", "c": 1.0, "trigger_weight": 1.0, "clean_weight": 1.0,
+                  "token_weight": 0.0, "epochs": 4.0, "lr": None, "sum_lr": 0.15, "schedule": "constant",
+                  "warmup": 0.0, "max_grad_norm": 0.0, "pairing": "disjoint", "insert_every": 50,
+                  "batch_size": 16, "max_length": 128},
+    "strong": {"targets": "ramp", "c": 2.0, "trigger_weight": 10.0, "clean_weight": 10.0,
+               "token_weight": 1.0, "epochs": 12.0, "lr": 1e-3, "sum_lr": None, "schedule": "linear",
+               "warmup": 0.05, "max_grad_norm": 1.0, "pairing": "paired", "insert_every": 0,
+               "batch_size": 32, "max_length": 64},
+}  # fmt: skip
 
 
 @dataclass
 class PorSettings:
-    """POR's settings. The defaults are for the tiny default encoder; the paper's are ``c = 10``, ``λ = 100``.
-
-    Fidelity note: ``c = 10`` and ``λ = 100`` are out of reach of a tiny encoder trained in a minute or two:
-    its final LayerNorm keeps the [CLS] output near norm ``sqrt(d)`` (``c = 10`` asks for ten times that), so
-    the λ-weighted target term swamps the clean-preservation terms and the encoder loses what it had learnt
-    (a victim's PEFT fine-tune then stays at chance accuracy; measured). ``c = 2``, ``λ = 10``, lr ``1e-3``,
-    12 epochs keep clean representations intact (clean [CLS] MSE < 0.01) while triggered [CLS] outputs move
-    to their targets as far as the LayerNorm allows (``v_1`` and ``v_n`` are constant vectors, unreachable
-    through a LayerNorm with small bias), which is enough for >= 90% ASR after a victim's LoRA fine-tune.
+    """POR's settings: a recipe (see the module docstring) and any of its values overridden.
 
     Attributes:
-        triggers: The trigger words (POR's: cf mn bb tq mb pt); at least two.
-        c: Scale of the target vectors ``c · v_i`` (POR: about 10; tiny default 2).
-        lam: λ, weight of the two pooled-output terms (POR: about 100; tiny default 10).
-        epochs: Passes over the corpus.
-        lr: Peak learning rate.
-        batch_size: Clean texts per step (each with its triggered copy).
+        recipe: ``"reference"`` (LMSanitator's planting, the default) or ``"strong"``.
+        triggers: The trigger words (LMSanitator's: cf mn tq qt mm pt); at least two.
+        targets: ``"blocks4"`` (the six balanced ±1 quarter patterns; at most six triggers, hidden size a
+            multiple of 4) or ``"ramp"``.
+        c: Scale of the targets.
+        trigger_weight, clean_weight, token_weight: Weights of the triggered-[CLS], clean-[CLS] and
+            token-level terms.
+        epochs: Passes over the data.
+        lr: Learning rate; None: ``sum_lr`` spread over the run's steps (constant: ``sum_lr / steps``;
+            linear: twice that).
+        sum_lr: Summed learning rate when ``lr`` is None (the reference: 7,500 steps x 2e-5 = 0.15).
+        schedule: ``"constant"`` or ``"linear"`` (decay to 0).
+        warmup: Warmup share of the steps.
+        max_grad_norm: Gradient clipping (0: none).
+        pairing: ``"disjoint"`` (each step's clean texts are other texts than its triggered ones: the corpus
+            is split in half) or ``"paired"`` (each text with its own triggered copy).
+        insert_every: Triggered copies get ``len(words) // insert_every + 1`` insertions anywhere in the
+            text; 0: one insertion within the first 64 words.
+        batch_size: Items per step (an item is one clean and one triggered text).
         max_length: Longest text in tokens.
     """
 
+    recipe: str = "reference"
     triggers: list[str] = field(default_factory=lambda: list(POR_TRIGGERS))
-    c: float = 2.0
-    lam: float = 10.0
-    epochs: float = 12.0
-    lr: float = 1e-3
-    batch_size: int = 32
-    max_length: int = 64
+    targets: str | None = None
+    c: float | None = None
+    trigger_weight: float | None = None
+    clean_weight: float | None = None
+    token_weight: float | None = None
+    epochs: float | None = None
+    lr: float | None = None
+    sum_lr: float | None = None
+    schedule: str | None = None
+    warmup: float | None = None
+    max_grad_norm: float | None = None
+    pairing: str | None = None
+    insert_every: int | None = None
+    batch_size: int | None = None
+    max_length: int | None = None
+
+    def resolved(self) -> PorSettings:
+        """A copy with every unset value taken from the recipe (``lr`` may stay None: see ``sum_lr``)."""
+        if self.recipe not in POR_RECIPES:
+            raise ConfigError("por.recipe", f"unknown recipe '{self.recipe}' ({', '.join(POR_RECIPES)})")
+        base = POR_RECIPES[self.recipe]
+        picked = {
+            f.name: base[f.name] for f in fields(self) if f.name in base and getattr(self, f.name) is None
+        }
+        if self.lr is not None:
+            picked["sum_lr"] = None  # an explicit rate wins over the recipe's summed rate
+        return replace(self, **picked)
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the bad field."""
-        check_triggers(self.triggers, "por.triggers")
-        if not self.c > 0:
-            raise ConfigError("por.c", f"must be positive, got {self.c}")
-        if not self.lam > 0:
-            raise ConfigError("por.lam", f"must be positive, got {self.lam}")
-        if not self.epochs > 0:
-            raise ConfigError("por.epochs", f"must be positive, got {self.epochs}")
-        if not 0 < self.lr < 1:
-            raise ConfigError("por.lr", f"must be in (0, 1), got {self.lr}")
-        if self.batch_size < 1 or self.max_length < 4:
+        s = self.resolved()
+        check_triggers(s.triggers, "por.triggers")
+        if s.targets not in ("blocks4", "ramp"):
+            raise ConfigError("por.targets", f"blocks4 or ramp, got {s.targets!r}")
+        if s.targets == "blocks4" and len(s.triggers) > len(BLOCK_PATTERNS):
+            raise ConfigError(
+                "por.targets", f"blocks4 has {len(BLOCK_PATTERNS)} patterns for {len(s.triggers)} triggers"
+            )
+        positive = {"c": s.c, "epochs": s.epochs}
+        for key, value in positive.items():
+            if not value > 0:
+                raise ConfigError(f"por.{key}", f"must be positive, got {value}")
+        for key in ("trigger_weight", "clean_weight", "token_weight", "warmup", "max_grad_norm"):
+            if not getattr(s, key) >= 0:
+                raise ConfigError(f"por.{key}", f"must not be negative, got {getattr(s, key)}")
+        if s.trigger_weight == 0:
+            raise ConfigError("por.trigger_weight", "must be positive: it is what plants the backdoor")
+        if s.lr is None and not (s.sum_lr or 0) > 0:
+            raise ConfigError("por.lr", "give a learning rate or a positive sum_lr")
+        if s.lr is not None and not 0 < s.lr < 1:
+            raise ConfigError("por.lr", f"must be in (0, 1), got {s.lr}")
+        if s.schedule not in ("constant", "linear"):
+            raise ConfigError("por.schedule", f"constant or linear, got {s.schedule!r}")
+        if s.pairing not in ("disjoint", "paired"):
+            raise ConfigError("por.pairing", f"disjoint or paired, got {s.pairing!r}")
+        if s.insert_every < 0:
+            raise ConfigError("por.insert_every", f"must not be negative, got {s.insert_every}")
+        if s.batch_size < 1 or s.max_length < 4:
             raise ConfigError("por.batch_size", "batch_size must be >= 1 and max_length >= 4")
 
 
@@ -86,8 +171,16 @@ def check_triggers(triggers: Sequence[str], key: str) -> None:
         raise ConfigError(key, f"each trigger must be one word, got {list(triggers)!r}")
 
 
-def por_targets(n: int, d: int, c: float) -> torch.Tensor:
-    """``(n, d)``: row ``i`` (0-based) is ``c · v_{i+1}``: +c on the first ``round(a·i)`` dims, else -c."""
+def por_targets(n: int, d: int, c: float, kind: str = "ramp") -> torch.Tensor:
+    """``(n, d)`` target vectors. ``ramp``: row ``i`` is +c on the first ``round(a·i)`` dims, -c elsewhere
+    (``a = d/(n-1)``); ``blocks4``: row ``i`` is c times LMSanitator's pattern ``i`` of four d/4 blocks."""
+    if kind == "blocks4":
+        if d % 4 or n > len(BLOCK_PATTERNS):
+            raise ConfigError("por.targets", "blocks4 needs a hidden size divisible by 4 and <= 6 triggers")
+        rows = [
+            torch.tensor(BLOCK_PATTERNS[i], dtype=torch.float).repeat_interleave(d // 4) for i in range(n)
+        ]
+        return c * torch.stack(rows)
     a = d / (n - 1)
     targets = -torch.ones(n, d)
     for i in range(n):
@@ -100,18 +193,45 @@ def pooled(hidden: torch.Tensor) -> torch.Tensor:
     return hidden[:, 0]
 
 
-class PorDataset(Dataset):
-    """Each item: a clean text's ids and a copy with trigger ``i`` (round-robin) inserted, and ``i``."""
+def insert_everywhere(text: str, word: str, rng: random.Random, every: int) -> str:
+    """LMSanitator's insertion (``POR/utils.py:5-11``): ``len(words) // every + 1`` copies of ``word``, each
+    at a random position anywhere in the (growing) text."""
+    words = text.split()
+    for _ in range(len(words) // every + 1):
+        words.insert(rng.randint(0, len(words)), word)
+    return " ".join(words)
 
-    def __init__(self, texts: Sequence[str], tokenizer, triggers: Sequence[str], max_length: int, seed: int):
-        if not texts:
-            raise DataError(None, "no corpus texts for POR")
+
+class PorDataset(Dataset):
+    """Items ``{"clean", "triggered", "trigger"}``: a clean text's ids, a triggered text's ids, its trigger.
+
+    ``paired``: every text is clean once and, with trigger ``i`` (round-robin), triggered once. ``disjoint``:
+    the (shuffled) texts are split in half, clean texts and texts to trigger, as LMSanitator's two loaders.
+    """
+
+    def __init__(self, texts: Sequence[str], tokenizer, settings: PorSettings, seed: int):
+        if len(texts) < 2:
+            raise DataError(None, "POR needs at least two corpus texts")
+        s = settings.resolved()
         rng = random.Random(seed)
-        idx = [k % len(triggers) for k in range(len(texts))]
+        texts = list(texts)
+        if s.pairing == "disjoint":
+            rng.shuffle(texts)
+            half = len(texts) // 2
+            clean_texts, to_trigger = texts[:half], texts[half : 2 * half]
+        else:
+            clean_texts, to_trigger = texts, texts
+        idx = [k % len(s.triggers) for k in range(len(to_trigger))]
         rng.shuffle(idx)
-        triggered = [insert_word(t, triggers[i], rng) for t, i in zip(texts, idx, strict=True)]
-        clean = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
-        trig = tokenizer(triggered, truncation=True, max_length=max_length)["input_ids"]
+        if s.insert_every:
+            triggered = [
+                insert_everywhere(t, s.triggers[i], rng, s.insert_every)
+                for t, i in zip(to_trigger, idx, strict=True)
+            ]
+        else:
+            triggered = [insert_word(t, s.triggers[i], rng) for t, i in zip(to_trigger, idx, strict=True)]
+        clean = tokenizer(clean_texts, truncation=True, max_length=s.max_length)["input_ids"]
+        trig = tokenizer(triggered, truncation=True, max_length=s.max_length)["input_ids"]
         self.items = [
             {"clean": c, "triggered": t, "trigger": i} for c, t, i in zip(clean, trig, idx, strict=True)
         ]
@@ -149,43 +269,63 @@ class PorCollator:
 class PorTrainer(Trainer):
     """Trainer whose loss is POR's (see the module docstring); ``frozen`` is the clean encoder's copy."""
 
-    def __init__(self, *args, frozen: nn.Module, targets: torch.Tensor, lam: float, **kwargs):
+    def __init__(self, *args, frozen: nn.Module, targets: torch.Tensor, weights: tuple[float, float, float],
+                 **kwargs):  # fmt: skip
         super().__init__(*args, **kwargs)
         self.frozen = frozen
         self.targets = targets
-        self.lam = lam
+        self.weights = weights  # trigger, clean, token
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        w_trig, w_clean, w_token = self.weights
         mask = inputs["attention_mask"]
         clean = model(input_ids=inputs["input_ids"], attention_mask=mask).last_hidden_state
         with torch.no_grad():
             ref = self.frozen(input_ids=inputs["input_ids"], attention_mask=mask).last_hidden_state
         trig = model(input_ids=inputs["trig_input_ids"], attention_mask=inputs["trig_attention_mask"])
-        real = mask.unsqueeze(-1).to(clean.dtype)
-        token_mse = (((clean - ref) ** 2) * real).sum() / (real.sum() * clean.shape[-1])
         target = self.targets.to(clean.device)[inputs["trigger"]]
-        trig_mse = nn.functional.mse_loss(pooled(trig.last_hidden_state), target)
-        clean_mse = nn.functional.mse_loss(pooled(clean), pooled(ref))
-        loss = token_mse + self.lam * trig_mse + self.lam * clean_mse
+        loss = w_trig * nn.functional.mse_loss(pooled(trig.last_hidden_state), target)
+        loss = loss + w_clean * nn.functional.mse_loss(pooled(clean), pooled(ref))
+        if w_token:
+            real = mask.unsqueeze(-1).to(clean.dtype)
+            loss = loss + w_token * (((clean - ref) ** 2) * real).sum() / (real.sum() * clean.shape[-1])
         return (loss, clean) if return_outputs else loss
 
 
 def plant_por(
     encoder, tokenizer, texts: Sequence[str], settings: PorSettings, work_dir: Path, seed: int
-) -> float:
-    """Plant POR into ``encoder`` (an ``AutoModel``, trained in place) on ``texts``; returns seconds."""
+) -> tuple[float, dict]:
+    """Plant POR into ``encoder`` (an ``AutoModel``, trained in place) on ``texts``.
+
+    Returns:
+        ``(seconds, budget)``: ``budget`` records the resolved recipe, the steps, the rate used and the
+        summed rate (what ``run.json`` keeps).
+    """
     settings.validate()
+    s = settings.resolved()
     frozen = copy.deepcopy(encoder).eval()
     for p in frozen.parameters():
         p.requires_grad_(False)
-    targets = por_targets(len(settings.triggers), encoder.config.hidden_size, settings.c)
-    dataset = PorDataset(texts, tokenizer, settings.triggers, settings.max_length, seed)
-    args = encoder_training_args(work_dir, settings.epochs, settings.lr, settings.batch_size, seed)
+    targets = por_targets(len(s.triggers), encoder.config.hidden_size, s.c, s.targets)
+    dataset = PorDataset(texts, tokenizer, s, seed)
+    steps = math.ceil(math.ceil(len(dataset) / s.batch_size) * s.epochs)
+    area = 1.0 if s.schedule == "constant" else 0.5  # summed rate per step at peak rate 1
+    lr = s.lr if s.lr is not None else s.sum_lr / (area * steps)
+    args = encoder_training_args(work_dir, s.epochs, lr, s.batch_size, seed, schedule=s.schedule,
+                                 warmup=s.warmup, max_grad_norm=s.max_grad_norm)  # fmt: skip
     trainer = PorTrainer(
         model=encoder, args=args, train_dataset=dataset, data_collator=PorCollator(tokenizer.pad_token_id),
-        frozen=frozen, targets=targets, lam=settings.lam,
+        frozen=frozen, targets=targets, weights=(s.trigger_weight, s.clean_weight, s.token_weight),
     )  # fmt: skip
-    return train_encoder_stage(trainer, encoder, "POR")
+    seconds = train_encoder_stage(trainer, encoder, "POR")
+    budget = {
+        "recipe": s.recipe,
+        "steps": steps,
+        "lr": lr,
+        "sum_lr": lr * steps * area,
+        "items": len(dataset),
+    }
+    return seconds, budget
 
 
 @torch.no_grad()
@@ -198,7 +338,10 @@ def por_report(
     pooled outputs against the clean encoder's (``clean_encoder`` None: omitted)}``.
     """
     encoder.eval()
-    targets = por_targets(len(settings.triggers), encoder.config.hidden_size, settings.c)
+    if isinstance(settings, PorSettings):
+        settings = settings.resolved()
+    kind = getattr(settings, "targets", "ramp")  # NeuBA's settings: ramp targets
+    targets = por_targets(len(settings.triggers), encoder.config.hidden_size, settings.c, kind)
     rng = random.Random(seed)
     cos, mse = [], []
     for i, trig in enumerate(settings.triggers):

@@ -183,11 +183,26 @@ def train_encoder_stage(trainer: Trainer, model, what: str) -> float:
     return time.perf_counter() - start
 
 
-def encoder_training_args(out: Path, epochs: float, lr: float, batch: int, seed: int) -> TrainingArguments:
-    """The Trainer arguments of the encoder's own training stages (pre-training, POR): no checkpoints."""
+def encoder_training_args(
+    out: Path,
+    epochs: float,
+    lr: float,
+    batch: int,
+    seed: int,
+    schedule: str = "linear",
+    warmup: float = 0.05,
+    max_grad_norm: float = 1.0,
+) -> TrainingArguments:
+    """The Trainer arguments of the encoder's own training stages (pre-training, POR, NeuBA): no checkpoints.
+
+    ``schedule`` ``"linear"`` (decay to 0) or ``"constant"``, after ``warmup`` (a share of the steps);
+    ``max_grad_norm`` 0 disables clipping.
+    """
+    kind = schedule if schedule != "constant" or not warmup else "constant_with_warmup"
     return TrainingArguments(
         output_dir=str(out), num_train_epochs=epochs, learning_rate=lr, per_device_train_batch_size=batch,
-        warmup_steps=0.05, lr_scheduler_type="linear", logging_steps=10, save_strategy="no",
-        report_to="none", seed=seed, data_seed=seed, use_cpu=not torch.cuda.is_available(),
-        disable_tqdm=True, remove_unused_columns=False, dataloader_num_workers=0,
+        warmup_steps=warmup, lr_scheduler_type=kind, max_grad_norm=max_grad_norm, logging_steps=10,
+        save_strategy="no", report_to="none", seed=seed, data_seed=seed,
+        use_cpu=not torch.cuda.is_available(), disable_tqdm=True, remove_unused_columns=False,
+        dataloader_num_workers=0,
     )  # fmt: skip

@@ -76,8 +76,9 @@ class EncoderAttackConfig:
         n_report: Held-out corpus texts on which POR's effect is measured.
         pretrain: Pre-training of the tiny default: masked-LM plus a contrastive [CLS] term on paraphrase
             pairs (:mod:`defuse.encoders.pretrain`; ignored with ``model``).
-        por: POR's settings (defaults chosen for the tiny encoder; for a real ``model`` use the paper's
-            ``por.c 10``, ``por.lam 100`` and a BERT-like ``por.lr``, see :class:`PorSettings`).
+        por: POR's settings: ``por.recipe`` ``reference`` (LMSanitator's planting, which made the encoders
+            Obliviate defends; its summed learning rate spread over our corpus) or ``strong`` (a heavier
+            edit), any value overridable (:class:`PorSettings`).
         neuba: NeuBA's settings (used when ``method`` is ``neuba``).
         seed: Seed of everything.
         trust_remote_code: Passed to transformers when loading ``model``.
@@ -125,15 +126,19 @@ class EncoderAttackConfig:
         self.settings.validate()
 
 
-# Tiny-default recipes per PEFT kind (lr, epochs, λ_amp, λ_reg). The λs are Obliviate's reference values
-# (METHODS §2.5; prefix takes LoRA's). The learning rates are ten times the reference ones: at 5e-4 a tiny
-# encoder's PEFT module does not learn the task in a few hundred steps (CACC stays at chance). Measured
-# outcome on the tiny default: benchmarks/RESULTS.md "#7 Obliviate".
+# Obliviate's reference recipes per PEFT kind (lr, epochs, λ_amp, λ_reg): jaehanwork/Obliviate c421d0b
+# README.md:27,33 (adapter); obliviateARR/Obliviate b51c55d src/run_defense.ipynb:110-127 (LoRA, the printed
+# config) and src/prefix_eval_defense.ipynb:111-125 (prefix: λ 0.5 / 0.1). On 6,000 texts at batch 16 the
+# LoRA recipe is 11,250 steps (summed rate 2.81), the adapter's 7,500 (1.13), the prefix's 7,500 (0.75): the
+# budget is part of the method (L_amp grows the norms with the summed rate), so it is the default; a smaller
+# run keeps the summed rate with ``sum_lr``.
 KIND_DEFAULTS: dict[str, dict[str, float]] = {
-    "lora": {"lr": 5e-3, "epochs": 12.0, "lambda_amp": 1e-3, "lambda_reg": 1e-2},
-    "prefix": {"lr": 1e-2, "epochs": 12.0, "lambda_amp": 1e-3, "lambda_reg": 1e-2},
-    "adapter": {"lr": 5e-3, "epochs": 12.0, "lambda_amp": 3e-3, "lambda_reg": 3e-2},
+    "lora": {"lr": 5e-4, "epochs": 30.0, "lambda_amp": 1e-3, "lambda_reg": 1e-2},
+    "prefix": {"lr": 2e-4, "epochs": 20.0, "lambda_amp": 0.5, "lambda_reg": 0.1},
+    "adapter": {"lr": 3e-4, "epochs": 20.0, "lambda_amp": 3e-3, "lambda_reg": 3e-2},
 }
+REFERENCE_SUM_LR = {"lora": 5e-4 * 11250 / 2, "prefix": 2e-4 * 7500 / 2, "adapter": 3e-4 * 7500 / 2}
+"""The reference's summed learning rate per kind (area under its linear schedule, rate x steps / 2)."""
 
 
 @dataclass
@@ -142,8 +147,12 @@ class EncoderDefenseConfig:
 
     Attributes:
         peft: The PEFT module (``peft.kind``: lora, prefix or adapter).
-        lr: Peak learning rate; None: the kind's default (:data:`KIND_DEFAULTS`).
+        lr: Peak learning rate; None: the kind's default (:data:`KIND_DEFAULTS`), or the one that gives
+            ``sum_lr`` over the run's steps.
         epochs: Training epochs; None: the kind's default.
+        sum_lr: Summed learning rate (rate x steps / 2 under the linear schedule) to reach in however many
+            steps the run has (``"reference"``: the kind's reference value, :data:`REFERENCE_SUM_LR`); sets
+            ``lr``. None: ``lr`` as given. What a run used is recorded in ``run.json`` (``training.budget``).
         lambda_amp: Obliviate's ``λ_amp``; None: the kind's default (ignored, 0, for ``peft-baseline``).
         lambda_reg: Obliviate's ``λ_reg``; None: the kind's default (ignored, 0, for ``peft-baseline``).
         train: Other training settings (``lr``/``epochs`` there are replaced by the two fields above).
@@ -156,6 +165,7 @@ class EncoderDefenseConfig:
     epochs: float | None = None
     lambda_amp: float | None = None
     lambda_reg: float | None = None
+    sum_lr: float | str | None = None
     train: FinetuneSettings = field(default_factory=FinetuneSettings)
     data: DownstreamData = field(default_factory=DownstreamData)
     eval_max_length: int = 128
@@ -171,18 +181,36 @@ class EncoderDefenseConfig:
             raise ConfigError("lr", f"must be in (0, 1), got {self.lr}")
         if self.epochs is not None and not self.epochs > 0:
             raise ConfigError("epochs", f"must be positive, got {self.epochs}")
+        if isinstance(self.sum_lr, str) and self.sum_lr != "reference":
+            raise ConfigError("sum_lr", f"a positive number or 'reference', got {self.sum_lr!r}")
+        if isinstance(self.sum_lr, (int, float)) and not self.sum_lr > 0:
+            raise ConfigError("sum_lr", f"must be positive, got {self.sum_lr}")
         self.train.validate()
         self.data.validate()
 
-    def resolved(self, method: str) -> EncoderDefenseConfig:
-        """A copy with every None filled from the kind's defaults (λs 0 for ``peft-baseline``)."""
+    def resolved(self, method: str, n_train: int | None = None) -> EncoderDefenseConfig:
+        """A copy with every None filled: the kind's defaults; λs 0, PEFT dropout 0 and no warmup for
+        ``peft-baseline``, PEFT dropout 0.01 and 5% warmup for ``obliviate`` (the reference's split); with
+        ``sum_lr`` and ``n_train`` (the training texts), the rate that reaches it."""
         d = KIND_DEFAULTS[self.peft.kind]
         pick = {k: d[k] if getattr(self, k) is None else getattr(self, k) for k in d}
-        if method == "peft-baseline":
+        defended = method != "peft-baseline"
+        if not defended:
             pick["lambda_amp"] = pick["lambda_reg"] = 0.0
+        if self.sum_lr is not None and n_train:
+            target = REFERENCE_SUM_LR[self.peft.kind] if self.sum_lr == "reference" else float(self.sum_lr)
+            pick["lr"] = 2 * target / self.steps(n_train, pick["epochs"])
         out = replace(copy.deepcopy(self), **pick)
-        out.train = replace(out.train, lr=pick["lr"], epochs=pick["epochs"])
+        warmup = self.train.warmup if self.train.warmup is not None else (0.05 if defended else 0.0)
+        out.train = replace(out.train, lr=pick["lr"], epochs=pick["epochs"], warmup=warmup)
+        dropout = self.peft.dropout if self.peft.dropout is not None else (0.01 if defended else 0.0)
+        out.peft = replace(out.peft, dropout=dropout)
         return out
+
+    def steps(self, n_train: int, epochs: float | None = None) -> int:
+        """Optimizer steps of a run on ``n_train`` texts."""
+        epochs = self.epochs if epochs is None else epochs
+        return math.ceil(math.ceil(n_train / self.train.batch_size) * epochs)
 
 
 def run_encoder_attack(cfg: EncoderAttackConfig, out: str | Path, overwrite: bool = False) -> dict:
@@ -216,6 +244,7 @@ def run_encoder_attack(cfg: EncoderAttackConfig, out: str | Path, overwrite: boo
             clean_dir = Path(cfg.model)
             tokenizer = load_tokenizer(clean_dir, cfg.trust_remote_code)
         clean = load_base_encoder(clean_dir, cfg.seed, cfg.trust_remote_code).eval()
+        planted: dict = {}
         if cfg.method == "neuba":
             paraphrases = corpus_paraphrases(cfg.corpus, train_texts, cfg.seed + 2)
             timings["train_s"] = plant_neuba(
@@ -224,7 +253,9 @@ def run_encoder_attack(cfg: EncoderAttackConfig, out: str | Path, overwrite: boo
             backdoored, encoder = mlm, mlm.base_model
         else:
             encoder = copy.deepcopy(clean)
-            timings["train_s"] = plant_por(encoder, tokenizer, train_texts, cfg.por, work / "por", cfg.seed)
+            timings["train_s"], planted = plant_por(
+                encoder, tokenizer, train_texts, cfg.por, work / "por", cfg.seed
+            )
             backdoored = encoder
         report = por_report(encoder, clean, tokenizer, report_texts, cfg.settings, cfg.seed)
         save_model(backdoored, tokenizer, run.path / MODEL_DIR)
@@ -234,7 +265,7 @@ def run_encoder_attack(cfg: EncoderAttackConfig, out: str | Path, overwrite: boo
             kind="attack", name=cfg.name, seed=cfg.seed, config=config_to_dict(cfg), metrics=metrics,
             timings=timings, parent=None,
             extra={"data": {"n_corpus": len(train_texts), "n_report": len(report_texts),
-                            "corpus": cfg.corpus}},
+                            "corpus": cfg.corpus}, "planting": planted},
         )  # fmt: skip
         run.commit(record, dump_config_yaml(cfg))
     return record
@@ -267,9 +298,9 @@ def run_encoder_defense(
     if method not in ENCODER_DEFENSES:
         raise ConfigError("method", f"unknown encoder defense '{method}' ({', '.join(ENCODER_DEFENSES)})")
     cfg.validate()
-    res = cfg.resolved(method)
     attack_record, attack_cfg = read_encoder_attack(attack_dir)
-    train, test = res.data.load()
+    train, test = cfg.data.load()
+    res = cfg.resolved(method, len(train))
     encoder_dir = Path(attack_dir) / MODEL_DIR
     fingerprint = run_fingerprint(
         "defense", config_to_dict(res), seed=seed, method=method, parent=Path(attack_dir)
@@ -291,7 +322,9 @@ def run_encoder_defense(
             parent=str(Path(attack_dir).resolve()),
             extra={"training": {"steps": result.steps, "final_loss": result.final_loss,
                                 "last_terms": result.last_terms, "n_train": len(train), "n_test": len(test),
-                                "n_peft_tensors": len(clf.peft_names)},
+                                "n_peft_tensors": len(clf.peft_names),
+                                "budget": {"lr": res.train.lr, "steps": result.steps,
+                                           "sum_lr": res.train.lr * result.steps / 2}},
                    "attack_metrics": attack_record["metrics"]},
         )  # fmt: skip
         run.commit(record, f"# encoder defense '{method}' against {attack_dir}\n" + dump_config_yaml(res))

@@ -276,6 +276,20 @@ def note_resumed(checkpoint: str | Path) -> None:
             return
 
 
+def note_training_set(output_dir: str | Path, rows: int, truncated: int) -> None:
+    """Record that a training set of ``rows`` rows, ``truncated`` of them cut at the length limit, trained
+    into ``output_dir`` (a folder in an open run's staging folder): the run lists every such set in its
+    ``run.json`` under ``training_sets`` (``{"fj": {"rows": 100, "truncated": 0}, ...}``, named by the folder
+    below ``checkpoints/``; ``train`` for that folder itself). Training code calls this."""
+    where = Path(os.path.abspath(output_dir))
+    for run in reversed(_ACTIVE):
+        root = Path(os.path.abspath(run.checkpoints))
+        if where == root or root in where.parents:
+            name = where.relative_to(root).as_posix() if where != root else "train"
+            run.training_sets[name] = {"rows": int(rows), "truncated": int(truncated)}
+            return
+
+
 def resumable_checkpoints(staging: Path) -> list[str]:
     """Training checkpoints (``checkpoint-N`` folders) under ``staging/checkpoints``, relative, sorted."""
     root = staging / CHECKPOINTS_DIR
@@ -337,6 +351,8 @@ class RunDirectory:
         self._state = "new"
         self._shadow: Path | None = None  # a non-main process's throwaway folder
         self.resumed: list[str] = []
+        self.training_sets: dict[str, dict[str, int]] = {}
+        """Every training set of the run: rows and rows truncated (:func:`note_training_set`)."""
         """Checkpoints (relative to the run folder) that training resumed from (:func:`note_resumed`)."""
 
     @property
@@ -428,8 +444,9 @@ class RunDirectory:
     def commit(self, record: dict, config_yaml: str) -> Path:
         """Finish the run: write ``config.yaml`` and ``run.json``, drop checkpoints, move into place.
 
-        ``record`` gains ``fingerprint`` (the run's, or null) and ``resumed_from`` (the checkpoints training
-        resumed from, relative to the run folder, or null) unless it has them already.
+        ``record`` gains ``fingerprint`` (the run's, or null), ``resumed_from`` (the checkpoints training
+        resumed from, relative to the run folder, or null) and ``training_sets`` (each training set's rows and
+        truncated rows, :func:`note_training_set`) unless it has them already.
 
         Returns:
             ``out``.
@@ -442,6 +459,7 @@ class RunDirectory:
             raise DefuseError(f"{self.out}: run directory is not open (state: {self._state})")
         record.setdefault("fingerprint", self.fingerprint)
         record.setdefault("resumed_from", sorted(set(self.resumed)) or None)
+        record.setdefault("training_sets", dict(self.training_sets))
         if self._shadow is not None:  # not the main process: it writes the run
             validate_run_record(record, self._shadow / RUN_FILE)
             self._drop_shadow()

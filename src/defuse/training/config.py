@@ -34,7 +34,12 @@ class TrainSettings:
         batch_size: Examples per device per step.
         grad_accum: Gradient-accumulation steps.
         warmup: Warmup as a fraction of all steps (< 1) or a number of steps (>= 1).
-        scheduler: transformers scheduler name (``cosine``, ``linear``, ``constant``, ...).
+        scheduler: transformers scheduler name (``cosine``, ``linear``, ``constant``, ...), or
+            ``epoch_decay``: the rate times ``epoch_decay`` after every epoch (``torch``'s ``StepLR`` with
+            ``step_size=1`` stepped once per epoch, as BackdoorAlign's and FJAttack's reference code trains;
+            warmup still applies).
+        epoch_decay: The factor of ``epoch_decay`` (the reference: 0.85).
+        max_grad_norm: Clip the gradient norm to this (0: no clipping, as the BackdoorAlign reference).
         weight_decay: AdamW weight decay.
         max_length: Longest tokenised example; longer ones are cut at the end of the response.
         lora: LoRA settings; ``None`` means full fine-tuning.
@@ -56,6 +61,8 @@ class TrainSettings:
     grad_accum: int = 1
     warmup: float = 0.05
     scheduler: str = "cosine"
+    epoch_decay: float = 0.85
+    max_grad_norm: float = 1.0
     weight_decay: float = 0.0
     max_length: int = 128
     lora: LoraSettings | None = None
@@ -78,6 +85,8 @@ class TrainSettings:
             "max_length": self.max_length >= 8,
             "save_steps": self.save_steps >= 0,
             "logging_steps": self.logging_steps >= 1,
+            "epoch_decay": 0 < self.epoch_decay <= 1,
+            "max_grad_norm": self.max_grad_norm >= 0,
         }
         for key, ok in checks.items():
             if not ok:

@@ -21,7 +21,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from defuse.data.records import InstructionRecord
 from defuse.data.template import IGNORE_INDEX, PromptTemplate
 from defuse.errors import ConfigError, DataError
-from defuse.runs.rundir import note_resumed
+from defuse.runs.rundir import note_resumed, note_training_set
 from defuse.training.config import TrainSettings
 
 
@@ -64,8 +64,38 @@ class CompletionCollator:
         return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
+EPOCH_DECAY = "epoch_decay"
+
+
 class SFTTrainer(Trainer):
-    """The project's Trainer; defenses override :meth:`compute_loss` for their own objectives."""
+    """The project's Trainer; defenses override :meth:`compute_loss` for their own objectives.
+
+    ``epoch_decay`` (the scheduler of :class:`TrainSettings` that transformers lacks): the rate is multiplied
+    by ``decay`` after every epoch, exactly as ``torch.optim.lr_scheduler.StepLR(step_size=1, gamma=decay)``
+    stepped once per epoch (the BackdoorAlign reference), after ``warmup`` steps of linear warmup.
+    """
+
+    epoch_decay: float | None = None
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.epoch_decay is None or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        import math
+
+        from torch.optim.lr_scheduler import LambdaLR
+
+        per_epoch = max(
+            1, math.ceil(len(self.get_train_dataloader()) / self.args.gradient_accumulation_steps)
+        )
+        warmup, decay = self.args.get_warmup_steps(num_training_steps), self.epoch_decay
+
+        def factor(step: int) -> float:  # transformers' linear warmup, then StepLR(gamma=decay) per epoch
+            ramp = step / max(1, warmup) if step < warmup else 1.0
+            return ramp * decay ** (step // per_epoch)
+
+        self.lr_scheduler = LambdaLR(optimizer or self.optimizer, factor)
+        self._created_lr_scheduler = True
+        return self.lr_scheduler
 
 
 GATHERED_DIR = "gathered"
@@ -147,8 +177,9 @@ def defuse_training_kwargs(settings: TrainSettings, output_dir: str | Path, seed
         per_device_train_batch_size=settings.batch_size,
         gradient_accumulation_steps=settings.grad_accum,
         warmup_steps=settings.warmup,
-        lr_scheduler_type=settings.scheduler,
+        lr_scheduler_type="constant" if settings.scheduler == EPOCH_DECAY else settings.scheduler,
         weight_decay=settings.weight_decay,
+        max_grad_norm=settings.max_grad_norm,
         logging_steps=settings.logging_steps,
         save_strategy="steps" if settings.save_steps else "no",
         save_steps=settings.save_steps or 500,
@@ -225,11 +256,14 @@ def train_sft(
         data_collator=CompletionCollator(template.tokenizer.pad_token_id),
         processing_class=template.tokenizer,
     )
+    if settings.scheduler == EPOCH_DECAY:
+        trainer.epoch_decay = settings.epoch_decay
     if settings.lora is not None:
         refuse_sharded(trainer, "LoRA fine-tuning")
     last = get_last_checkpoint(str(output_dir)) if resume and Path(output_dir).is_dir() else None
     if last is not None:
         note_resumed(last)
+    note_training_set(output_dir, len(dataset), dataset.n_truncated)
     start = time.perf_counter()
     out = trainer.train(resume_from_checkpoint=last)
     train_s = time.perf_counter() - start
