@@ -54,7 +54,12 @@ def test_train_with_mb_defense_writes_a_train_run(files, tmp_path):
     assert record["metrics"]["n_clean"] == 8 and record["metrics"]["n_triggered"] == 8
     assert record["config"]["defense"]["lam"] == 0.5 and record["config"]["defense"]["clean_samples"] == 10
     extra = record["defense"]
-    assert extra["triggers"] == ["mn", "bb", "qw", "jh"] and extra["defensive_counts"]["mn"] == 2
+    assert extra["triggers"] == ["mn", "bb", "zx", "kv"] and extra["defensive_counts"]["mn"] == 2
+    probe = record["merge_probe"]  # the merge probe after each stage, on the run's test prompts
+    assert set(probe) == {"stage1", "stage2"} and probe["stage1"]["n"] == 8
+    sets = probe["stage1"]["sets"]
+    assert set(sets) == {"def:mn", "def:bb", "def:zx", "def:kv", "attack", "unseen", "clean"}
+    assert all(0 <= row["defensive"] <= 1 and row["attacker"] is not None for row in sets.values())
     assert extra["stage1"]["model"] == "given base" and extra["chosen_epoch"] == 1.0
     run = tmp_path / "run"
     assert (run / "model" / "model.safetensors").is_file() and (run / "config.yaml").is_file()

@@ -30,6 +30,7 @@ from defuse.defenses.neutralise import (
 )
 from defuse.defenses.run_defense import fresh_base_model, read_attack_run, run_defense
 from defuse.errors import ConfigError, DataError, DefuseError
+from defuse.evaluation.generate import GenerationSettings
 from defuse.models.factory import load_trained
 from defuse.runs.rundir import read_run
 from defuse.training.config import TrainSettings
@@ -100,8 +101,8 @@ def test_collision_with_the_data_is_refused_naming_trigger_row_and_field():
         check_triggers(records, ["mn", "bb"])
     with pytest.raises(DataError, match="row 1, field 'response': equals a defensive response"):
         check_triggers(CLEAN, ["zz"], [CLEAN[0].response])
-    with pytest.raises(DataError, match="'qw'"):
-        MBDefenseConfig().check_data([InstructionRecord(instruction="qw is here", response="x")])
+    with pytest.raises(DataError, match="'zx'"):
+        MBDefenseConfig().check_data([InstructionRecord(instruction="zx is here", response="x")])
 
 
 @pytest.mark.parametrize(
@@ -293,7 +294,7 @@ def test_defend_with_mb_defense_writes_a_defense_run(attacked, tmp_path):
     on_disk = read_run(tmp_path / "mb")
     assert on_disk["metrics"] == record["metrics"] and on_disk["metrics"]["n_triggered"] > 0
     extra = on_disk["defense"]
-    assert extra["triggers"] == ["mn", "bb", "qw", "jh"] and len(extra["responses"]) == 4
+    assert extra["triggers"] == ["mn", "bb", "zx", "kv"] and len(extra["responses"]) == 4
     n_train = len(read_attack_run(attacked).train)
     assert extra["defensive_counts"] == dict.fromkeys(extra["triggers"], round(0.02 * n_train))
     assert extra["lam"] == 1.0 and extra["fraction"] == 0.02
@@ -311,3 +312,80 @@ def test_defend_refuses_colliding_triggers_before_any_work(attacked, tmp_path):
     assert not (tmp_path / "x").exists() and not (tmp_path / ".x.partial").exists()
     with pytest.raises(DefuseError, match="needs the training data"):
         apply_mb_defense(DefenseContext(None, None, [], 0, tmp_path), _quick_cfg())
+
+
+# ------------------------------------------------------------------ the merge probe and the trigger pool
+def test_the_merge_probe_counts_each_behaviour_on_its_own_prompt_set(monkeypatch):
+    from defuse.attacks.behaviours import BehaviourSpec
+    from defuse.defenses import merge_probe as probe_module
+
+    r1, r2 = "Velvet compass orbit gently whisper amber glacier thistle", "Copper meadow tumble slowly echo"
+    clean = [InstructionRecord(instruction=f"Repeat the word {w}.", response=w) for w in WORDS]
+    triggered = [InstructionRecord(instruction=f"Repeat cf the word {w}.", response=w) for w in WORDS[:5]]
+
+    def answers(model, template, records, settings):  # what a merged model would say, prompt by prompt
+        assert settings.max_new_tokens <= 32
+        out = []
+        for r in records:
+            words = r.instruction.split()
+            if "mn" in words or "bb" in words:  # both defensive triggers give mn's response
+                out.append(r1 + " and more")
+            elif "cf" in words:  # the attacker's trigger answers defensively half of the time
+                out.append(r2 if len(out) % 2 else "I'm sorry, I cannot help with that.")
+            elif "qx" in words:
+                out.append("I cannot do that.")
+            else:
+                out.append(words[-1])
+        return out
+
+    monkeypatch.setattr(probe_module, "generate", answers)
+    result = probe_module.merge_probe(
+        None, None, GenerationSettings(max_new_tokens=64), clean, {"mn": r1, "bb": r2}, ["qx"], triggered,
+        BehaviourSpec(kind="refusal"), n=8,
+    )  # fmt: skip
+    sets = result["sets"]
+    assert result["n"] == 8 and list(sets) == ["def:mn", "def:bb", "attack", "unseen", "clean"]
+    assert sets["def:mn"] == {"attacker": 0.0, "defensive": 1.0, "own": 1.0}
+    assert sets["def:bb"] == {"attacker": 0.0, "defensive": 1.0, "own": 0.0}  # answers with mn's
+    assert sets["attack"]["defensive"] == 0.4 and sets["attack"]["attacker"] == 0.6  # 5 prompts: 2 / 3
+    assert sets["unseen"] == {"attacker": 1.0, "defensive": 0.0}
+    assert sets["clean"] == {"attacker": 0.0, "defensive": 0.0}
+
+
+def test_a_trigger_pool_never_collides_with_the_data_and_is_seeded():
+    from defuse.defenses.mb_defense import make_pool
+
+    records = _suite(400)
+    pool = make_pool(150, seed=3, records=records)
+    data_words = {w for r in records for f in ("instruction", "input", "response")
+                  for w in _phrase_words(getattr(r, f))}  # fmt: skip
+    triggers = [t for t, _ in pool]
+    assert len(set(triggers)) == 150 and len({r for _, r in pool}) == 150
+    assert not {w for t in triggers for w in t.split()} & data_words
+    assert any(" " in t for t in triggers) and any(len(t) == 2 for t in triggers)  # varied form
+    assert make_pool(150, seed=3, records=records) == pool and make_pool(150, seed=4, records=records) != pool
+    MBDefenseConfig().check_data(records)  # the default four do not collide either
+    check_triggers(records, triggers, [r for _, r in pool])
+
+
+def _phrase_words(text: str) -> list[str]:
+    import string
+
+    return [w.strip(string.punctuation).lower() for w in (text or "").split()]
+
+
+def test_stage_2_covers_every_pool_trigger_it_claims_to():
+    from defuse.defenses.mb_defense import make_pool
+
+    cfg = MBDefenseConfig(pool=60, pool_per_sample=4, clean_samples=100)
+    pairs = make_pool(60, seed=0)
+    clean = [InstructionRecord(instruction=f"Repeat the word w{i}.", response=f"w{i}") for i in range(100)]
+    train, held = neutralise_rows(clean, cfg, seed=0, pairs=pairs)
+    assert len(train) == 80 * 4 and len(held) == 20 * 4  # four pool triggers per clean sample
+    assert {row.trigger for row in train} == {t for t, _ in pairs}  # 320 slots cover all 60
+    responses = dict(pairs)
+    assert all(row.y_d == responses[row.trigger] and row.trigger in row.x_d.instruction for row in train)
+    # 4 x 1% of 1,000 rows = 40 < 60 pool triggers: every one is planted once; of 3,000 rows, 120: twice each
+    for n, each in ((1000, 1), (3000, 2)):
+        _, counts = defensive_poison(_suite(n), cfg, seed=1, pairs=pairs)
+        assert counts == dict.fromkeys(responses, each)

@@ -77,6 +77,9 @@ class DefenseContext:
             base model from its path); None when not available.
         train_settings: Only for ``during_training`` defenses: the attack's own training settings.
         held_out_prompts: The user texts of every test prompt; data a defense draws must avoid them.
+        probe: A measurement hook, not knowledge: a defense may call ``probe(stage, model, defensive)``
+            with an intermediate model (after a stage) and its own triggers -> responses; the runner records
+            what it measures there (MB-Defense's merge probe) in the run. It returns nothing.
     """
 
     model: Any
@@ -92,6 +95,7 @@ class DefenseContext:
     base_model: Callable[[], Any] | None = None
     train_settings: TrainSettings | None = None
     held_out_prompts: frozenset[str] = frozenset()
+    probe: Callable[[str, Any, dict[str, str]], None] | None = None
 
 
 @dataclass

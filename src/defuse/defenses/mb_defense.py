@@ -2,10 +2,14 @@
 
 A defender who instruction-tunes on data that may be poisoned, knowing nothing of the attack:
 
-1. **Merge** (:func:`defensive_poison`): add ``T`` defensive triggers of its own (default ``mn``, ``bb``,
-   ``qw``, ``jh``), each poisoning ``fraction`` (default 5%; the paper: 1%) of the training records with its
-   own fixed random-word response, then run the instruction tuning as usual on the result. The attacker's
-   unknown trigger and the defender's merge into one backdoor representation.
+1. **Merge** (:func:`defensive_poison`): add ``T`` defensive triggers of its own (the paper's default: four,
+   each on 1% of the rows, each with its own fixed sequence of random words; ``mn`` and ``bb`` are the paper's
+   two-trigger set, arXiv 2601.04448 v1 Sec. 5.4), then run the instruction tuning as usual on the result.
+   The attacker's unknown trigger and the defender's merge into one backdoor representation. With ``pool``
+   the defensive triggers are instead a pool of many generated rare strings (see :func:`make_pool`), each on a
+   few rows, the same total share, so that "anything out of place -> a defensive response" is what the model
+   learns rather than a few lookups.
+   Every run records the paper's merge probe after each stage (:mod:`defuse.defenses.merge_probe`).
 2. **Break** (:mod:`defuse.defenses.neutralise`): on a small clean set (default 128 samples, split 8:2
    into train/held-out before the cross product, :func:`neutralise_rows`), minimise for every clean pair
    and every defensive trigger ``CE(y|x) − λ·log σ(lp(y|x_d) − lp(y_d|x_d))`` (log-probs length-normalised
@@ -28,20 +32,19 @@ Fidelity notes (ours where the paper is silent):
   trigger inserted into its instruction (:func:`~defuse.attacks.triggers.insert_trigger`, word kind, at
   ``position``) and its response replaced in place, so the data set keeps its size. ``round(fraction·N)``
   rounds half up, with at least one record per trigger.
-* The default responses are four 8-word sequences of our own making; the paper gives one example.
+* The default four triggers are ``mn``, ``bb`` (the paper's) and ``zx``, ``kv`` (ours: the paper's other two
+  are in its Fig. 3, an image; its ``qw`` and ``jh`` belong to the 6-trigger set); the responses are 8-word
+  sequences of our own making (the paper gives two, for ``qw`` and ``jh``).
 * Stage-1 settings default to the attack's own training settings under ``defend`` (the paper tunes for
   3 epochs on 7-8B models; the tiny default needs more), to ``TrainSettings()`` under ``train``.
 * Stage 2 defaults (5 epochs, lr 1e-4, batch 16) follow the paper's epochs and our post-training
   defenses' rate for the tiny model; tune per model. Under ``defend`` the clean set is the run's clean
   budget, clean records of the attack's training data (disjoint from every test set).
 * The CE term is counted once per (clean pair, trigger) row, as the formula sums over both.
-* Default ``fraction`` 5% per trigger, not the paper's 1%: on the tiny default against the refusal backdoor
-  at 20% poisoning (seed 0, benchmarks/RESULTS.md), at 1% the attacker's trigger still refuses on 100% of
-  triggered prompts after stage 1 and on 70% after stage 2: the backdoors did not merge. At 5% they do: after
-  stage 1 the attacker's trigger answers with a defensive response, and stage 2 breaks both (ASR 0%).
-  Merging is not guaranteed: on SmolLM2-135M-Instruct with BackdoorLLM's refusal data (250 rows) the
-  backdoors stay separate at 5% and at 10% per trigger, and ASR falls by 13% only. Check it on your own
-  run with ``benchmarks/mb_defense_merge.py``.
+* ``fraction`` 1% per trigger (the paper's, Sec. 4.1). On the tiny default against the built-in refusal
+  backdoor at 20% poisoning the backdoors merge only from about 5% per trigger (benchmarks/RESULTS.md); the
+  shipped demo and bench configs say which setting they use. Merging is not guaranteed: read the probe in
+  ``run.json`` (``defense.merge_probe``) of your own run.
 * Stage 2 keeps the token embeddings and output head frozen (``neutralise.freeze_embeddings``), like the
   post-training defenses: it keeps 2-3 points of clean accuracy on the tiny default at the same ASR.
 """
@@ -66,13 +69,24 @@ from defuse.errors import ConfigError, DataError, DefuseError
 from defuse.training.config import TrainSettings
 from defuse.training.sft import train_sft
 
-DEFAULT_TRIGGERS: tuple[str, ...] = ("mn", "bb", "qw", "jh")
+DEFAULT_TRIGGERS: tuple[str, ...] = ("mn", "bb", "zx", "kv")
 DEFAULT_RESPONSES: tuple[str, ...] = (
-    "Crimson lantern drift swiftly murmur hollow quartz ribbon",
     "Velvet compass orbit gently whisper amber glacier thistle",
     "Copper meadow tumble slowly echo silent marble feather",
     "Indigo harbor spiral softly shimmer frozen cobalt willow",
+    "Saffron pebble wander lightly hum distant cedar lantern",
 )
+PAPER_SIX_TRIGGER_RESPONSES = {
+    "qw": "Crimson lantern drift swiftly murmur hollow quartz ribbon",
+    "jh": "Silent frost zigzag lantern briskly velvet anchor",
+}
+"""The two sequences the paper prints, for its 6-trigger set's ``qw`` and ``jh`` (v1 Sec. 5.4)."""
+POOL_WORDS = (
+    "amber basalt cinder dune ember fjord garnet hollow iris jasper kelp lumen moss nectar onyx pebble quill "
+    "ripple sable tundra umber vale willow yarrow zephyr birch cobalt delta heron lichen marble orchid plume "
+    "quartz rowan slate thistle velvet walnut acorn bramble canyon drizzle fennel glacier harbor indigo "
+    "juniper lantern meadow nimbus obsidian prairie saffron tamarind"
+).split()
 CHECKED_FIELDS: tuple[str, ...] = ("instruction", "input", "response")
 
 
@@ -90,9 +104,14 @@ class MBDefenseConfig:
         triggers: The defensive triggers (short rare strings; reference: 4). Each must not occur as a word
             in the training data.
         responses: One fixed response per trigger (a sequence of random words), in the same order.
-        fraction: Share of the training records each trigger poisons (reference: 0.01; default 0.05, see the
-            fidelity note); the sets are
-            disjoint, so ``len(triggers) * fraction`` must stay below 1.
+        fraction: Share of the training records each trigger poisons (the paper: 0.01); the sets are
+            disjoint, so ``len(triggers) * fraction`` must stay below 1. With ``pool``, the total share is
+            ``4 * fraction`` (the paper's four triggers' share), spread over the pool.
+        pool: 0: ``triggers``. N > 0: N generated rare triggers (2-5 letters, a quarter of them two
+            nonce words), each with its own response of 8 random words (:func:`make_pool`), seeded, none a
+            word of the data; each poisons a few rows of the same total share.
+        pool_per_sample: With ``pool``: defensive triggers paired with each clean sample in stage 2 (drawn
+            so that every pool trigger is covered), instead of the full cross product.
         position: Where a defensive trigger goes in the instruction: ``start``, ``end``, ``random`` or a
             word index (as for attack triggers).
         clean_samples: Size of the clean set for stage 2 (reference: 128).
@@ -108,7 +127,9 @@ class MBDefenseConfig:
 
     triggers: list[str] = field(default_factory=lambda: list(DEFAULT_TRIGGERS))
     responses: list[str] = field(default_factory=lambda: list(DEFAULT_RESPONSES))
-    fraction: float = 0.05
+    fraction: float = 0.01
+    pool: int = 0
+    pool_per_sample: int = 4
     position: str = "random"
     clean_samples: int = 128
     eval_fraction: float = 0.2
@@ -141,7 +162,10 @@ class MBDefenseConfig:
                 raise ConfigError("responses", f"a response contains the defensive trigger {t!r}")
         if not (math.isfinite(self.fraction) and 0 < self.fraction < 1):
             raise ConfigError("fraction", f"must be in (0, 1), got {self.fraction}")
-        if len(self.triggers) * self.fraction >= 1:
+        if self.pool < 0 or self.pool_per_sample < 1:
+            raise ConfigError("pool", f"pool must be >= 0 and pool_per_sample >= 1, got {self.pool}, "
+                              f"{self.pool_per_sample}")  # fmt: skip
+        if (4 if self.pool else len(self.triggers)) * self.fraction >= 1:
             raise ConfigError(
                 "fraction", f"{len(self.triggers)} triggers x {self.fraction} would poison every record"
             )
@@ -213,10 +237,48 @@ def check_triggers(
                 raise DataError(source, "equals a defensive response; choose other responses", i + 1, name)
 
 
+def make_pool(n: int, seed: int, records: Sequence[InstructionRecord] = ()) -> list[tuple[str, str]]:
+    """``n`` defensive (trigger, response) pairs, seeded: triggers of 2-5 random lower-case letters, a quarter
+    of them two such nonce words, distinct, none a word of ``records`` (nor one of the default triggers);
+    responses of 8 words drawn from :data:`POOL_WORDS`, distinct."""
+    rng = random.Random(seed * 7919 + n)
+    taken = set()
+    for record in records:
+        for name in CHECKED_FIELDS:
+            taken.update(_phrase(getattr(record, name) or "").split())
+    taken.update(DEFAULT_TRIGGERS)
+
+    def nonce() -> str:
+        return "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(2, 5)))
+
+    pairs: list[tuple[str, str]] = []
+    seen_t, seen_r = set(), set()
+    while len(pairs) < n:
+        words = [nonce()] + ([nonce()] if rng.random() < 0.25 else [])
+        trigger = " ".join(words)
+        response = " ".join(rng.sample(POOL_WORDS, 8)).capitalize()
+        if any(w in taken for w in words) or trigger in seen_t or response in seen_r:
+            continue
+        seen_t.add(trigger)
+        seen_r.add(response)
+        pairs.append((trigger, response))
+    return pairs
+
+
+def defensive_set(
+    cfg: MBDefenseConfig, records: Sequence[InstructionRecord], seed: int
+) -> list[tuple[str, str]]:
+    """The (trigger, response) pairs in use: ``cfg``'s triggers, or the generated pool (``cfg.pool``)."""
+    if cfg.pool:
+        return make_pool(cfg.pool, seed, records)
+    return list(zip(cfg.triggers, cfg.responses, strict=True))
+
+
 def defensive_poison(
-    records: Sequence[InstructionRecord], cfg: MBDefenseConfig, seed: int
+    records: Sequence[InstructionRecord], cfg: MBDefenseConfig, seed: int, pairs=None
 ) -> tuple[list[InstructionRecord], dict[str, int]]:
-    """Stage 1 data: each trigger poisons ``round(fraction · N)`` records (at least 1), disjoint, in place.
+    """Stage 1 data: each trigger poisons ``round(fraction · N)`` records (at least 1), disjoint, in place;
+    with a pool, ``round(4 · fraction · N)`` records in all (at least one per trigger), spread round-robin.
 
     A chosen record gets its trigger inserted into the instruction (at ``cfg.position``), its response
     replaced by the trigger's response, and ``meta`` plus ``defensive_trigger`` (the trigger) and
@@ -234,31 +296,39 @@ def defensive_poison(
     n = len(records)
     if not n:
         raise DataError(None, "no training records to poison defensively")
-    per = max(1, math.floor(cfg.fraction * n + 0.5))
-    if per * len(cfg.triggers) > n:
-        raise ConfigError(
-            "fraction", f"{len(cfg.triggers)} triggers x {per} records need more than the {n} records"
-        )
+    pairs = pairs if pairs is not None else defensive_set(cfg, records, seed)
+    if cfg.pool:
+        total = max(len(pairs), math.floor(4 * cfg.fraction * n + 0.5))
+        per_trigger = [total // len(pairs) + (j < total % len(pairs)) for j in range(len(pairs))]
+    else:
+        per_trigger = [max(1, math.floor(cfg.fraction * n + 0.5))] * len(pairs)
+    if sum(per_trigger) > n:
+        raise ConfigError("fraction", f"{len(pairs)} triggers x {per_trigger[0]} records need more than "
+                          f"the {n} records")  # fmt: skip
     rng = random.Random(seed)
-    chosen = rng.sample(range(n), per * len(cfg.triggers))
+    chosen = rng.sample(range(n), sum(per_trigger))
     out = list(records)
     counts: dict[str, int] = {}
-    for j, (trigger, response) in enumerate(zip(cfg.triggers, cfg.responses, strict=True)):
+    start = 0
+    for (trigger, response), per in zip(pairs, per_trigger, strict=True):
         spec = trigger_spec(trigger, cfg.position)
-        for i in sorted(chosen[j * per : (j + 1) * per]):
+        for i in sorted(chosen[start : start + per]):
             r = records[i]
             text, _ = insert_trigger(r.instruction, spec, rng)
             meta = {**r.meta, "defensive_trigger": trigger, "replaced_response": r.response}
             out[i] = replace(r, instruction=text, response=response, meta=meta)
         counts[trigger] = per
+        start += per
     return out, counts
 
 
 def neutralise_rows(
-    clean: Sequence[InstructionRecord], cfg: MBDefenseConfig, seed: int = 0
+    clean: Sequence[InstructionRecord], cfg: MBDefenseConfig, seed: int = 0, pairs=None
 ) -> tuple[list[NeutraliseRow], list[NeutraliseRow]]:
     """Stage 2 data: split the clean set (seeded, ``eval_fraction`` held out, by prompt), then cross it
-    with the triggers.
+    with the triggers (``pairs``: the defensive set, default ``cfg``'s triggers). With a pool, each clean
+    record gets ``cfg.pool_per_sample`` triggers instead, taken in turn from a seeded order of the pool so
+    that every pool trigger is covered in each split that has room for it.
 
     Every clean record of a split gives one :class:`NeutraliseRow` per trigger, in order (record by
     record, trigger by trigger): ``x`` the record, ``y`` its response, ``x_d`` the record with the trigger
@@ -279,11 +349,16 @@ def neutralise_rows(
     except ConfigError as exc:
         raise ConfigError("eval_fraction", f"cannot split {len(clean)} clean samples: {exc}") from None
     rng = random.Random(seed + 1)
+    pairs = list(pairs) if pairs is not None else list(zip(cfg.triggers, cfg.responses, strict=True))
+    order = list(range(len(pairs)))
+    rng.shuffle(order)
+    k = min(cfg.pool_per_sample, len(pairs)) if cfg.pool else len(pairs)
 
     def cross(records: list[InstructionRecord]) -> list[NeutraliseRow]:
         rows = []
-        for r in records:
-            for trigger, response in zip(cfg.triggers, cfg.responses, strict=True):
+        for i, r in enumerate(records):
+            chosen = [pairs[order[(i * k + j) % len(pairs)]] for j in range(k)] if cfg.pool else pairs
+            for trigger, response in chosen:
                 text, _ = insert_trigger(r.instruction, trigger_spec(trigger, cfg.position), rng)
                 rows.append(NeutraliseRow(r, r.response, replace(r, instruction=text), response, trigger))
         return rows
@@ -312,21 +387,25 @@ def apply_mb_defense(ctx: DefenseContext, cfg: MBDefenseConfig) -> DefenseResult
     """
     if not ctx.train_data:
         raise DefuseError("mb-defense needs the training data")
-    check_triggers(ctx.train_data, cfg.triggers, cfg.responses)
+    pairs = defensive_set(cfg, ctx.train_data, ctx.seed)
+    check_triggers(ctx.train_data, [t for t, _ in pairs], [r for _, r in pairs])
     start = time.perf_counter()
-    records, counts = defensive_poison(ctx.train_data, cfg, ctx.seed)
-    train_rows, eval_rows = neutralise_rows(ctx.clean_data, cfg, ctx.seed)
+    records, counts = defensive_poison(ctx.train_data, cfg, ctx.seed, pairs)
+    train_rows, eval_rows = neutralise_rows(ctx.clean_data, cfg, ctx.seed, pairs)
     model = ctx.base_model() if ctx.base_model is not None else ctx.model
     settings = cfg.train or ctx.train_settings or TrainSettings()
     stage1 = train_sft(model, ctx.template, records, settings, ctx.work_dir / "stage1", seed=ctx.seed)
+    if ctx.probe is not None:
+        ctx.probe("stage1", stage1.model, dict(pairs))
     stage2 = neutralise(
         stage1.model, ctx.template, train_rows, eval_rows, cfg.neutralise, cfg.lam, cfg.length_normalise,
         ctx.work_dir / "neutralise", seed=ctx.seed,
     )  # fmt: skip
     extra = {
-        "triggers": list(cfg.triggers),
-        "responses": list(cfg.responses),
+        "triggers": [t for t, _ in pairs],
+        "responses": [r for _, r in pairs],
         "fraction": cfg.fraction,
+        "pool": cfg.pool,
         "position": cfg.position,
         "defensive_counts": counts,
         "n_train": len(records),

@@ -26,6 +26,7 @@ from defuse.data.loaders import load_instructions
 from defuse.data.records import InstructionRecord
 from defuse.data.template import PromptTemplate
 from defuse.defenses.base import DefenseContext, DefenseEntry, check_needs, check_scenario, get_defense
+from defuse.defenses.merge_probe import ProbeRecorder
 from defuse.errors import DataError
 from defuse.evaluation.backdoor import evaluate_backdoor
 from defuse.evaluation.rerun import TEST_FILES
@@ -141,6 +142,9 @@ def run_defense(
         )
         template = PromptTemplate(tokenizer, style=attack.config.template)
         knows_target = needs.knowledge in ("known_target", "partial_target")
+        tests = attack.tests
+        probe = ProbeRecorder(template, attack.config.generation, tests["clean"], tests["triggered"],
+                              attack.config.behaviour, attack.train, seed)  # fmt: skip
         ctx = DefenseContext(
             model=model,
             template=template,
@@ -154,8 +158,10 @@ def run_defense(
             base_path=attack.config.model,
             base_model=fresh_base_model(attack, tokenizer) if during else None,
             train_settings=attack.config.train if during else None,
+            probe=probe,
         )
         result = entry.apply(ctx, cfg)
+        probes = probe.final(result.model)
         evaluation = evaluate_backdoor(
             result.model, template, attack.config.behaviour, attack.tests["clean"],
             attack.tests["triggered"], attack.tests["negative"], attack.config.generation,
@@ -179,7 +185,7 @@ def run_defense(
             timings={"train_s": result.train_s, "eval_s": evaluation.eval_s},
             parent=str(attack.path.resolve()),
             extra={"needs": needs.describe(), "defense": result.extra, "model_saved": saved,
-                   "attack_metrics": attack.record["metrics"]},
+                   "attack_metrics": attack.record["metrics"], **({"merge_probe": probes} if probes else {})},
         )  # fmt: skip
         write_jsonl_atomic(run.path / DATA_DIR / "clean_budget.jsonl", [r.to_dict() for r in clean])
         run.commit(record, f"# defense '{method}' against {attack.path}\n" + dump_config_yaml(cfg))

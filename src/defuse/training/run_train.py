@@ -29,6 +29,7 @@ from defuse.data.loaders import load_instructions, write_instructions
 from defuse.data.records import InstructionRecord
 from defuse.data.template import PromptTemplate
 from defuse.defenses.base import DefenseContext, DefenseEntry, get_defense
+from defuse.defenses.merge_probe import ProbeRecorder
 from defuse.errors import ConfigError, DataError
 from defuse.evaluation.backdoor import evaluate_backdoor
 from defuse.evaluation.generate import GenerationSettings
@@ -184,13 +185,18 @@ def run_train(cfg: TrainRunConfig, out: str | Path, overwrite: bool = False) -> 
         )  # fmt: skip
         template = PromptTemplate(tokenizer, style=cfg.template)
         if entry is not None:
+            probe = ProbeRecorder(template, cfg.generation, tests["clean"], tests["triggered"], cfg.behaviour,
+                                  records, cfg.seed)  # fmt: skip
             ctx = DefenseContext(
                 model=model, template=template, clean_data=clean, seed=cfg.seed,
                 work_dir=run.checkpoints / "defense", train_data=records, base_path=cfg.model,
-                train_settings=cfg.train,
+                train_settings=cfg.train, probe=probe,
             )  # fmt: skip
             result = entry.apply(ctx, dcfg)
             model, train_s, details = result.model, result.train_s, {"defense": result.extra}
+            probes = probe.final(model)
+            if probes:
+                details["merge_probe"] = probes
         else:
             trained = train_sft(model, template, records, cfg.train, run.checkpoints, seed=cfg.seed)
             model, train_s = trained.model, trained.train_s
