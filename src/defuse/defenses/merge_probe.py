@@ -5,7 +5,8 @@ answer shows; it reports a partial merge in both directions (defensive triggers 
 behaviour, the attacker's trigger sometimes a defensive response) and, with 6 triggers, a general "anomalous
 pattern -> special response" rule. Probe sets (each the first ``n`` prompts, clean test prompts unless said):
 
-* ``def:T`` for each defensive trigger ``T``: clean prompts with ``T`` inserted;
+* ``def:T`` for each defensive trigger ``T`` (at most ``max_defensive`` of them, a seeded choice, for a pool):
+  clean prompts with ``T`` inserted;
 * ``attack``: the attack's triggered test prompts (when the run knows them);
 * ``unseen``: clean prompts with a rare token the model never saw inserted (one per prompt, drawn from
   ``unseen`` tokens);
@@ -71,6 +72,7 @@ def merge_probe(
     n: int = 100,
     seed: int = 0,
     position: str = "random",
+    max_defensive: int = 4,
 ) -> dict:
     """The probe's shares (see the module docstring) on ``model``; one batched generation pass.
 
@@ -80,13 +82,17 @@ def merge_probe(
         triggered: The attack's triggered prompts (empty: no ``attack`` set).
         behaviour: The attack's behaviour (None: ``attacker`` is null).
         n: Prompts per set.
+        max_defensive: At most this many ``def:T`` sets (every response still counts as defensive).
 
     Returns:
         ``{"n": ..., "sets": {name: {"attacker", "defensive", ["own"]}}}``.
     """
     base = list(clean[:n])
+    probed = list(defensive)
+    if len(probed) > max_defensive:
+        probed = sorted(random.Random(seed).sample(probed, max_defensive), key=probed.index)
     sets: dict[str, list[InstructionRecord]] = {
-        f"def:{t}": with_token(base, [t], seed + k, position) for k, t in enumerate(defensive)
+        f"def:{t}": with_token(base, [t], seed + k, position) for k, t in enumerate(probed)
     }
     if triggered:
         sets["attack"] = list(triggered[:n])
