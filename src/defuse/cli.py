@@ -111,6 +111,29 @@ def _metrics_table(title: str, metrics: dict, rows=BACKDOOR_ROWS) -> Table:
     return table
 
 
+def _probe_table(record: dict) -> Table | None:
+    """MB-Defense's merge probe of a run (``merge_probe`` in run.json), a row per probe set and stage."""
+    probe = record.get("merge_probe")
+    if not probe:
+        return None
+    stages = list(probe)
+    n = probe[stages[0]]["n"]
+    table = Table(
+        title=f"merge probe: % of {n} prompts showing the attacker's behaviour / a defensive response"
+    )
+    table.add_column("probe set")
+    for stage in stages:
+        table.add_column(stage, justify="right")
+    for name in probe[stages[0]]["sets"]:
+        cells = []
+        for stage in stages:
+            cell = probe[stage]["sets"].get(name, {})
+            cells.append(" / ".join("-" if cell.get(k) is None else f"{100 * cell[k]:.0f}"
+                                    for k in ("attacker", "defensive")))  # fmt: skip
+        table.add_row(name, *cells)
+    return table
+
+
 def _safety_table(title: str, metrics: dict) -> Table:
     return _metrics_table(title, metrics, SAFETY_ROWS)
 
@@ -270,6 +293,8 @@ def defend(
         return
     table = _safety_table if scenario == "fjattack" else _metrics_table
     console.print(table(title, record["metrics"]))
+    if (probe := _probe_table(record)) is not None:
+        console.print(probe)
     before = record["attack_metrics"]
     console.print(
         f"before the defense: ASR {100 * before['asr']:.1f}%, CACC {100 * before['cacc']:.1f}%; "
@@ -336,6 +361,8 @@ def train(
     record = run_train(cfg, out, overwrite=overwrite)
     what = f"with defense '{cfg.method}'" if cfg.method else "plain SFT"
     console.print(_metrics_table(f"train {what} (seed {cfg.seed})", record["metrics"]))
+    if (probe := _probe_table(record)) is not None:
+        console.print(probe)
     t = record["timings"]
     console.print(f"train {t['train_s']:.1f}s, evaluation {t['eval_s']:.1f}s; run written to {out}")
 
