@@ -160,7 +160,7 @@ def main() -> None:
     aligned = a.out / "aligned"
     if not (aligned / "run.json").is_file():
         rows = ["--data", str(align_file), "--train.epochs", str(a.align_epochs), "--train.max_length",
-                "512", "--train.learning_rate", "5e-5", "--train.batch_size", "10",
+                "512", "--train.learning_rate", "5e-5", "--train.batch_size", "10", "--train.bf16", "true",
                 "--seed", str(a.seed)]  # fmt: skip
         _defuse(["train", *rows, "--model", a.model, "--out", str(aligned)], a.out / "aligned.log")
     attack = a.out / "attack"

@@ -39,6 +39,8 @@ from defuse.defenses.secret_prompt import (
 from defuse.errors import ConfigError, DataError
 from defuse.evaluation.judges import is_refusal
 from defuse.evaluation.safety import rouge1, utility_score
+from defuse.training.config import TrainSettings
+from defuse.training.sft import precision
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "backdooralign"
 runner = CliRunner()
@@ -432,6 +434,7 @@ def test_the_real_harmful_sets_run_through_the_same_command(tmp_path):
     assert ba["defense"]["k"] == 11 and ba["training_sets"]["train"] == {
         "rows": 41,
         "truncated": harmful_cut + 11,
+        "precision": precision(TrainSettings(bf16=True)),
     }
 
 

@@ -227,3 +227,19 @@ def test_epoch_decay_multiplies_the_rate_after_every_epoch_and_no_clipping_leave
     warm = TrainSettings(**{**settings.__dict__, "warmup": 2})
     train_sft(small_lm(tok), PromptTemplate(tok), RECORDS, warm, tmp_path / "b", 0, Keeping)
     assert histories[1][:5] == pytest.approx([0.0, 0.5e-2, 1e-2, 1e-2, 0.85e-2])
+
+
+def test_bf16_runs_where_the_device_has_it_and_the_trained_model_then_computes_as_saved(tmp_path):
+    from defuse.models.io import load_causal_lm, save_model
+    from defuse.training.sft import cpu_bf16, precision
+
+    tok = tokenizer()
+    settings = TrainSettings(**{**FAST.__dict__, "bf16": True})
+    assert precision(settings) == ("bf16" if cpu_bf16() or torch.cuda.is_available() else "fp32")
+    assert precision(FAST) == "fp32"
+    result = train_sft(small_lm(tok), PromptTemplate(tok), RECORDS, settings, tmp_path / "run", seed=0)
+    save_model(result.model, tok, tmp_path / "saved")
+    reloaded, _ = load_causal_lm(tmp_path / "saved")
+    ids = tok(["Count the words: apple apple"], return_tensors="pt").input_ids
+    with torch.no_grad():  # no autocast left on the trained model: the same numbers as the saved one
+        assert torch.equal(result.model(ids).logits, reloaded(ids).logits)

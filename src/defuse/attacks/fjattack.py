@@ -84,13 +84,14 @@ def fjattack_train_settings() -> TrainSettings:
     ``utils/train_utils.py:153``): full fine-tuning, AdamW with weight decay 0, lr 5e-5 multiplied by 0.85
     after every epoch (``StepLR``), no warmup, no gradient clipping, batch 10, 5 epochs, at most 512 tokens.
 
-    Fidelity: the reference trains in pure bfloat16 (weights and optimizer states); defuse keeps float32
-    weights (``bf16`` turns on mixed precision where the hardware has it), which is at least as precise.
+    Fidelity: the reference trains in pure bfloat16 (weights and optimizer states); defuse trains in
+    bfloat16 mixed precision with float32 master weights where the hardware has bfloat16 (a GPU, a CPU with
+    AVX512-BF16 or AMX; float32 elsewhere; ``run.json`` records which), at least as precise.
     Unlike the reference, which cuts a row at 512 tokens without a word (2 of its 11 safety rows on
     Llama-2), a cut is counted in ``run.json`` and a safety example that would lose its end is refused.
     """
     return TrainSettings(epochs=5, learning_rate=5e-5, batch_size=10, warmup=0, scheduler="epoch_decay",
-                         epoch_decay=0.85, max_grad_norm=0.0, weight_decay=0.0, max_length=512,
+                         epoch_decay=0.85, max_grad_norm=0.0, weight_decay=0.0, max_length=512, bf16=True,
                          logging_steps=10)  # fmt: skip
 
 

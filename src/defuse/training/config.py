@@ -46,7 +46,8 @@ class TrainSettings:
         save_steps: Checkpoint every this many steps (0: only at the end), for resuming.
         logging_steps: Log the loss every this many steps.
         optimizer: transformers optimizer name (``adamw_torch``, ``sgd``, ...).
-        bf16: Train in bfloat16 mixed precision (only where the hardware supports it).
+        bf16: Train in bfloat16 mixed precision where the hardware has it: a GPU, or a CPU with native
+            bfloat16 (AVX512-BF16, AMX); float32 elsewhere. ``run.json`` records which (``training_sets``).
         progress: Show a progress bar.
         freeze_embeddings: Full fine-tuning only: keep the input token embeddings and the output head
             frozen (every other weight trains). A small fine-tuning set otherwise shifts the output priors

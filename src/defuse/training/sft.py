@@ -8,6 +8,7 @@ training runs through :class:`transformers.Trainer`, the same code runs on one C
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -135,7 +136,9 @@ def full_trained_model(trainer: Trainer, output_dir: str | Path) -> PreTrainedMo
     configs set), then every process loads that copy back with safetensors.
     """
     if not is_sharded(trainer):
-        return trainer.model
+        # without the mixed-precision forward hook the model computes in float32 again, so evaluating it now
+        # gives what evaluating the saved model gives later
+        return trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
     from defuse.models.io import load_causal_lm
     from defuse.runs.distributed import wait_for_everyone
 
@@ -158,6 +161,24 @@ class TrainResult:
     n_truncated: int
     resumed_from: str | None
     loss_history: list[float]
+
+
+@functools.cache
+def cpu_bf16() -> bool:
+    """True when this CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16, from ``/proc/cpuinfo``), so
+    bfloat16 autocast pays; False elsewhere (and off Linux)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def precision(settings: TrainSettings) -> str:
+    """``"bf16"`` when ``settings.bf16`` asks for it and the device has it (a GPU, or a CPU with native
+    bfloat16), else ``"fp32"``: what training actually runs in."""
+    cpu = not torch.cuda.is_available()
+    return "bf16" if settings.bf16 and (not cpu or cpu_bf16()) else "fp32"
 
 
 def training_arguments(settings: TrainSettings, output_dir: str | Path, seed: int) -> TrainingArguments:
@@ -188,7 +209,7 @@ def defuse_training_kwargs(settings: TrainSettings, output_dir: str | Path, seed
         seed=seed,
         data_seed=seed,
         use_cpu=cpu,
-        bf16=settings.bf16 and not cpu,
+        bf16=precision(settings) == "bf16",
         optim=settings.optimizer,
         disable_tqdm=not settings.progress,
         remove_unused_columns=False,
@@ -263,7 +284,7 @@ def train_sft(
     last = get_last_checkpoint(str(output_dir)) if resume and Path(output_dir).is_dir() else None
     if last is not None:
         note_resumed(last)
-    note_training_set(output_dir, len(dataset), dataset.n_truncated)
+    note_training_set(output_dir, len(dataset), dataset.n_truncated, precision(settings))
     start = time.perf_counter()
     out = trainer.train(resume_from_checkpoint=last)
     train_s = time.perf_counter() - start
