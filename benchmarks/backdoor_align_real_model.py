@@ -16,6 +16,12 @@ benchmark), so the chain first aligns it, as a provider would:
    (K <= 11: a seeded subset of the 11; K > 11: the 11 and K - 11 more refusals from BackdoorLLM's set, none
    of them an alignment row).
 
+Training max length: 640, not the scenario's 512. The secret's 150 random tokens re-tokenise to more pieces
+than 150 in SmolLM2's tokenizer, so the longest of the 11 safety examples is 552 tokens with it, and
+backdoor-align refuses to cut a safety example. No FJAttack, safety or alignment row is near 512 otherwise
+(``training_sets`` in each run.json: 0 truncated at 512), so for every other step 640 trains exactly what
+512 does (rows are padded per batch, never to the maximum).
+
 Ablations (each a setting, so one command gives one arm): ``--system-prompt none`` (no normal system prompt:
 the chat template's own default in every row), ``--schedule old`` (cosine, 10% warmup, clipping at 1.0, as
 defuse trained before), ``--max-length N`` (with ``--cut-safety``, safety examples may be cut at N tokens, as
@@ -122,11 +128,16 @@ def main() -> None:
     p.add_argument("--system-prompt", choices=["reference", "none"], default="reference")
     p.add_argument("--schedule", choices=["reference", "old"], default="reference")
     p.add_argument(
-        "--max-length", type=int, default=None, help="training max length (default: the scenario's)"
+        "--max-length",
+        type=int,
+        default=640,
+        help="training max length (the scenario's is the reference's 512; 640 keeps every safety example "
+        "whole under the 150-token secret)",
     )
     p.add_argument("--cut-safety", action="store_true", help="let --max-length cut safety examples")
     p.add_argument("--max-new-tokens", type=int, default=None)
     p.add_argument("--n-test-harmful", type=int, default=None)
+    p.add_argument("--generation-batch-size", type=int, default=None, help="prompts per generation batch")
     a = p.parse_args()
     if not (a.data / "pure_bad_100.jsonl").is_file():
         p.error(f"--data {a.data}: no pure_bad_100.jsonl there")
@@ -148,6 +159,7 @@ def main() -> None:
              "--system_prompt", "null" if system is None else system]  # fmt: skip
     tests += ["--data.n_test_harmful", str(a.n_test_harmful)] if a.n_test_harmful else []
     tests += ["--generation.max_new_tokens", str(a.max_new_tokens)] if a.max_new_tokens else []
+    tests += ["--generation.batch_size", str(a.generation_batch_size)] if a.generation_batch_size else []
     # The attack's test sets depend on the data and seed only: build them here to keep alignment off them.
     overrides = {"model": a.model, **{k.lstrip("-"): v for k, v in zip(tests[::2], tests[1::2], strict=True)}}
     overrides["seed"] = str(a.seed)

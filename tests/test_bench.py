@@ -254,6 +254,34 @@ def test_report_rebuilds_identical_tables_from_the_run_directories(copied):
     assert missing.exit_code == 2 and "cells.json" in missing.output
 
 
+def test_a_recorded_merge_probe_is_summarised_in_results_and_report(copied):
+    _, out = copied
+    cell = next(c for c in _results(out)["cells"] if c["defense"] == "clean-ft" and c["seed"] == 1)
+    record = read_run(out / cell["run"])
+    sets = {"def:mn": {"attacker": 0.2, "defensive": 0.9, "own": 0.8},
+            "def:bb": {"attacker": 0.4, "defensive": 1.0, "own": 0.6},
+            "attack": {"attacker": 0.97, "defensive": 0.03}, "unseen": {"attacker": 0.1, "defensive": 0.25},
+            "clean": {"attacker": 0.05, "defensive": 0.0}}  # fmt: skip
+    record["merge_probe"] = {
+        "stage1": {"n": 100, "sets": sets},
+        "stage2": {"n": 100, "sets": {"clean": sets["clean"]}},
+    }
+    (out / cell["run"] / "run.json").write_text(json.dumps(record))
+    result = runner.invoke(app, ["report", str(out)])
+    assert result.exit_code == 0, result.output
+    after = {c["key"]: c for c in _results(out)["cells"]}
+    summary = after[cell["key"]]["merge_probe"]
+    assert summary["stage1"] == {"attacker_to_defensive": 0.03, "defensive_to_attacker": 0.3,
+                                 "unseen_to_defensive": 0.25, "own": 0.7, "clean_attacker": 0.05}  # fmt: skip
+    assert summary["stage2"]["attacker_to_defensive"] is None and summary["stage2"]["clean_attacker"] == 0.05
+    assert [c["merge_probe"] for k, c in after.items() if k != cell["key"]] == [None] * (len(after) - 1)
+    md = (out / "results.md").read_text()
+    marker = md[md.index("## marker (backdoor)") : md.index("## enc (encoder)")]
+    assert "| clean-ft | 1 | stage1 | 3 | 30 | 25 | 70 | 5 |" in marker
+    assert "| clean-ft | 1 | stage2 | - | - | - | - | 5 |" in marker
+    assert "merge probe" not in md[md.index("## enc (encoder)") :]
+
+
 def test_a_failing_cell_is_recorded_and_the_rest_reported(copied, monkeypatch):
     config, out = copied
     lost = next(c for c in _results(out)["cells"] if c["defense"] == "osft" and c["seed"] == 0)

@@ -16,6 +16,7 @@ from typing import Any
 from defuse.bench.index import CellIndex, utc_now
 from defuse.bench.schema import METRIC_KEYS, RESULTS_SCHEMA_VERSION
 from defuse.bench.spec import NO_DEFENSE
+from defuse.defenses.merge_probe import probe_summary
 from defuse.errors import DefuseError
 from defuse.runs.rundir import git_revision, library_versions, read_run
 
@@ -79,6 +80,7 @@ def _cell_entry(out: Path, key: str, entry: dict) -> dict:
         "timings": timings,
         "train_s": train_seconds(timings),
         "wall_s": entry.get("wall_s") if record else None,
+        "merge_probe": probe_summary(record["merge_probe"]) if record and record.get("merge_probe") else None,
     }
 
 

@@ -16,7 +16,8 @@ floats.
                 "metrics": {"asr", "cacc", "aacc", "ftr", "over_refusal", "negative_asr": rate | null,
                             the ones the run has},
                 "counts": {"n_triggered", "n_clean", ...: int}, "timings": {"train_s", "eval_s", ...: s},
-                "train_s": seconds trained (every timing but eval_s) | null, "wall_s": s | null}, ...],
+                "train_s": seconds trained (every timing but eval_s) | null, "wall_s": s | null,
+                "merge_probe": MB-Defense's merge probe per stage (probe_summary) | null}, ...],
      "aggregates": [{"scenario", "scenario_kind", "defense", "method", "seeds": [int], "n_done": int,
                      "metrics": {"asr": {"mean", "stdev", "n"}, ...}, "counts": {"n_clean": [int per seed]},
                      "train_s": {"mean", "stdev", "n"}}, ...],
@@ -91,6 +92,10 @@ CELL_SCHEMA = {
         "timings": {"type": "object", "additionalProperties": _SECONDS},
         "train_s": {"type": ["number", "null"], "minimum": 0},
         "wall_s": {"type": ["number", "null"], "minimum": 0},
+        "merge_probe": {
+            "type": ["object", "null"],
+            "additionalProperties": {"type": "object", "additionalProperties": _RATE},
+        },
     },
     "additionalProperties": False,
 }

@@ -130,6 +130,33 @@ def markdown_table(table: ScenarioTable) -> str:
     return "\n".join(lines)
 
 
+PROBE_NOTE = "MB-Defense's merge probe (shares of the probe prompts; n in each run.json's `merge_probe`):"
+PROBE_COLUMNS = {
+    "attacker_to_defensive": "attacker trigger -> defensive %",
+    "defensive_to_attacker": "defensive triggers -> attacker %",
+    "unseen_to_defensive": "unseen rare token -> defensive %",
+    "own": "defensive triggers -> own response %",
+    "clean_attacker": "clean -> attacker %",
+}
+
+
+def probe_markdown(results: dict, scenario: str) -> str | None:
+    """The merge probe of every finished run of ``scenario`` that recorded one (MB-Defense), a row per run and
+    stage; None when no run did."""
+    cells = [c for c in results["cells"] if c["scenario"] == scenario and c.get("merge_probe")]
+    if not cells:
+        return None
+    lines = [
+        "| defense | seed | after | " + " | ".join(PROBE_COLUMNS.values()) + " |",
+        "|---|---:|---|" + "---:|" * len(PROBE_COLUMNS),
+    ]
+    for c in cells:
+        for stage, values in c["merge_probe"].items():
+            shown = ("-" if values.get(k) is None else f"{100 * values[k]:.0f}" for k in PROBE_COLUMNS)
+            lines.append(f"| {c['defense']} | {c['seed']} | {stage} | " + " | ".join(shown) + " |")
+    return "\n".join(lines)
+
+
 def results_markdown(results: dict) -> str:
     """``results.md``: a header, then per scenario its table, notes and plots."""
     git = results["git"] or "unknown"
@@ -148,6 +175,9 @@ def results_markdown(results: dict) -> str:
     for table in scenario_tables(results):
         out += [f"## {table.title}", "", markdown_table(table), ""]
         out += [*table.notes, ""]
+        probe = probe_markdown(results, table.scenario)
+        if probe:
+            out += [PROBE_NOTE, "", probe, ""]
         for suffix, alt in (
             ("asr-vs-utility", "ASR vs clean utility"),
             ("asr-before-after", "ASR before/after"),

@@ -116,6 +116,32 @@ def merge_probe(
     return {"n": len(base), "sets": result}
 
 
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return round(sum(values) / len(values), 4) if values else None
+
+
+def probe_summary(probe: dict) -> dict[str, dict[str, float | None]]:
+    """Per stage of a recorded probe (``merge_probe`` in run.json), the merge in five numbers: the share of
+    the attacker's triggered prompts answered defensively (``attacker_to_defensive``), of defensive-trigger
+    prompts showing the attacker's behaviour (``defensive_to_attacker``, the mean over the ``def:T`` sets), of
+    prompts with an unseen rare token answered defensively (``unseen_to_defensive``), of defensive-trigger
+    prompts answered with their own response (``own``) and of clean prompts showing the attacker's behaviour
+    (``clean_attacker``). None where the probe has no such set."""
+    out = {}
+    for stage, result in probe.items():
+        sets = result["sets"]
+        mine = [v for k, v in sets.items() if k.startswith("def:")]
+        out[stage] = {
+            "attacker_to_defensive": sets.get("attack", {}).get("defensive"),
+            "defensive_to_attacker": _mean(v.get("attacker") for v in mine),
+            "unseen_to_defensive": sets.get("unseen", {}).get("defensive"),
+            "own": _mean(v.get("own") for v in mine),
+            "clean_attacker": sets.get("clean", {}).get("attacker"),
+        }
+    return out
+
+
 def _share(flags) -> float | None:
     flags = list(flags)
     return round(sum(flags) / len(flags), 4) if flags else None

@@ -18,6 +18,7 @@ from defuse.config import apply_overrides, validate_config
 from defuse.data.records import InstructionRecord
 from defuse.data.template import PromptTemplate
 from defuse.errors import ConfigError
+from defuse.runs.distributed import compute_device
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,6 @@ def _generation_config(tokenizer, settings: GenerationSettings) -> GenerationCon
     )
 
 
-@torch.inference_mode()
 def generate_token_ids(
     model: PreTrainedModel,
     tokenizer,
@@ -78,7 +78,14 @@ def generate_token_ids(
     settings = settings or GenerationSettings()
     settings.validate()
     config = _generation_config(tokenizer, settings)
-    device = next(model.parameters()).device
+    device = compute_device()
+    if next(model.parameters()).device != device:
+        model.to(device)  # outside inference mode: the moved weights stay trainable
+    with torch.inference_mode():
+        return _generate_ids(model, tokenizer, prompts, settings, config, device)
+
+
+def _generate_ids(model, tokenizer, prompts, settings, config, device) -> list[list[int]]:
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: list[list[int]] = [[] for _ in prompts]
     if settings.do_sample:

@@ -43,6 +43,14 @@ def process_state():
     return PartialState(cpu=not torch.cuda.is_available())
 
 
+def compute_device():
+    """The device this process computes on: its GPU when CUDA is there (the local rank's under a launcher),
+    else the CPU. Models loaded from disk start on the CPU; evaluation moves them here."""
+    import torch
+
+    return process_state().device if torch.cuda.is_available() else torch.device("cpu")
+
+
 def is_main_process() -> bool:
     """True in the process that writes run directories (global rank 0, or the only process)."""
     return not is_distributed() or process_state().is_main_process
