@@ -117,8 +117,7 @@ def merge_probe(
 
 
 def _mean(values) -> float | None:
-    values = [v for v in values if v is not None]
-    return round(sum(values) / len(values), 4) if values else None
+    return _share(v for v in values if v is not None)
 
 
 def probe_summary(probe: dict) -> dict[str, dict[str, float | None]]:
@@ -130,7 +129,7 @@ def probe_summary(probe: dict) -> dict[str, dict[str, float | None]]:
     (``clean_attacker``). None where the probe has no such set."""
     out = {}
     for stage, result in probe.items():
-        sets = result["sets"]
+        sets = result.get("sets", {})
         mine = [v for k, v in sets.items() if k.startswith("def:")]
         out[stage] = {
             "attacker_to_defensive": sets.get("attack", {}).get("defensive"),
