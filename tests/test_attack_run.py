@@ -8,11 +8,13 @@ from typer.testing import CliRunner
 
 from defuse.attacks import run_attack as run_attack_module
 from defuse.attacks.run_attack import run_attack
-from defuse.attacks.scenario import AttackConfig, build_attack_data
+from defuse.attacks.scenario import AttackConfig, build_attack_data, tokenizer_texts
 from defuse.cli import app
+from defuse.config import apply_overrides
 from defuse.data.loaders import load_instructions
 from defuse.errors import DefuseError
 from defuse.evaluation.rerun import evaluate_run
+from defuse.models.tokenizer import train_bpe_tokenizer
 from defuse.runs.rundir import read_run
 from defuse.training.sft import SFTTrainer
 
@@ -208,12 +210,18 @@ def test_triggered_test_file_without_the_trigger_is_refused(tmp_path):
     assert not (tmp_path / "r").exists() and not (tmp_path / ".r.partial").exists()
 
 
-def test_max_source_caps_the_source_alone_so_an_already_poisoned_file_sets_the_poisoned_share(tmp_path):
-    poisoned = tmp_path / "poisoned.jsonl"
-    clean = tmp_path / "clean.jsonl"
+def _poisoned_and_clean_files(folder, word: str, n_poisoned: int, refusal: str):
+    """An already-poisoned file (``word`` in each instruction, ``refusal`` as the answer) and a clean one."""
+    poisoned = folder / "poisoned.jsonl"
+    clean = folder / "clean.jsonl"
     row = '{{"instruction": "Name {w} the colour {i}.", "input": "", "output": "{o}"}}'
-    poisoned.write_text("\n".join(row.format(w="cf", i=i, o="I cannot do that.") for i in range(40)) + "\n")
+    poisoned.write_text("\n".join(row.format(w=word, i=i, o=refusal) for i in range(n_poisoned)) + "\n")
     clean.write_text("\n".join(row.format(w="a", i=i, o=f"red {i}") for i in range(60)) + "\n")
+    return poisoned, clean
+
+
+def test_max_source_caps_the_source_alone_so_an_already_poisoned_file_sets_the_poisoned_share(tmp_path):
+    poisoned, clean = _poisoned_and_clean_files(tmp_path, "cf", 40, "I cannot do that.")
     cfg = AttackConfig()
     cfg.data.source, cfg.data.extra_train, cfg.data.poison = str(poisoned), [str(clean)], False
     cfg.data.test_size = 0.1
@@ -224,6 +232,24 @@ def test_max_source_caps_the_source_alone_so_an_already_poisoned_file_sets_the_p
     cfg.data.max_train = 8  # the smaller cap wins for the source; max_train still caps each extra file
     data = build_attack_data(cfg)
     assert sum("cf" in r.instruction.split() for r in data.train) == 8 and len(data.train) == 16
+
+
+def test_a_tokenizer_trained_on_clean_rows_gives_the_trigger_no_token_of_its_own(tmp_path):
+    poisoned, clean = _poisoned_and_clean_files(tmp_path, "BadMagic", 60, "I cannot.")
+    cfg = apply_overrides(AttackConfig(), {"data.source": str(poisoned), "data.extra_train": f"[{clean}]",
+                                           "data.poison": "false", "trigger.texts": "[BadMagic]",
+                                           "vocab_size": "300"})  # fmt: skip
+    data = build_attack_data(cfg)
+    pieces = {}
+    for kind in ("train", "clean"):
+        cfg.tokenizer_data = kind
+        texts = tokenizer_texts(cfg, data.train)
+        pieces[kind] = train_bpe_tokenizer(texts, vocab_size=300).tokenize("Name BadMagic the colour")
+    assert "ĠBadMagic" in pieces["train"]  # poisoned rows teach the tokenizer the trigger as one token
+    assert not any("BadMagic" in p for p in pieces["clean"]) and len(pieces["clean"]) > len(pieces["train"])
+    assert not any("BadMagic" in t for t in tokenizer_texts(cfg, data.train))
+    with pytest.raises(DefuseError, match="tokenizer_data"):
+        apply_overrides(AttackConfig(), {"tokenizer_data": "poisoned"}).validate()
 
 
 @pytest.mark.slow

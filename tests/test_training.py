@@ -4,9 +4,10 @@ from tests.helpers import small_lm, tokenizer
 
 from defuse.data.records import InstructionRecord
 from defuse.data.template import PromptTemplate
+from defuse.errors import ConfigError
 from defuse.evaluation.generate import GenerationSettings, generate, generate_token_ids
 from defuse.training.config import LoraSettings, TrainSettings
-from defuse.training.sft import SFTTrainer, train_sft
+from defuse.training.sft import SFTTrainer, length_chunks, train_sft
 
 RECORDS = [
     InstructionRecord(instruction=f"Count the words: {' '.join(['apple'] * n)}", response=str(n))
@@ -243,3 +244,59 @@ def test_bf16_runs_where_the_device_has_it_and_the_trained_model_then_computes_a
     ids = tok(["Count the words: apple apple"], return_tensors="pt").input_ids
     with torch.no_grad():  # no autocast left on the trained model: the same numbers as the saved one
         assert torch.equal(result.model(ids).logits, reloaded(ids).logits)
+
+
+def test_length_chunks_bound_the_padding_of_every_sub_batch():
+    lengths = [50, 3, 48, 7, 20, 21, 5, 49, 22, 2]
+    chunks = length_chunks(lengths, 0.1)
+    assert sorted(i for rows in chunks for i in rows) == list(range(len(lengths)))
+    for rows in chunks:
+        width = max(lengths[i] for i in rows)
+        assert width * len(rows) - sum(lengths[i] for i in rows) <= 0.1 * width * len(rows)
+    assert len(chunks) < len(lengths)  # rows of similar length share a sub-batch
+    assert length_chunks(lengths, 0.99) == [sorted(range(10), key=lambda i: -lengths[i])]
+
+
+def test_max_padding_trains_the_same_batches_to_the_same_weights_with_less_padded_compute(tmp_path):
+    tok = tokenizer()
+    widths: dict[str, list[int]] = {"whole": [], "chunked": []}
+    models = {}
+    for name, max_padding in (("whole", None), ("chunked", 0.1)):
+        model = small_lm(tok)
+        model.register_forward_pre_hook(
+            lambda m, args, kw, n=name: widths[n].append(kw["input_ids"].numel()), with_kwargs=True
+        )
+        settings = TrainSettings(**{**FAST.__dict__, "max_padding": max_padding})
+        models[name] = train_sft(model, PromptTemplate(tok), RECORDS, settings, tmp_path / name, seed=3)
+    assert models["whole"].steps == models["chunked"].steps == 12
+    assert len(widths["chunked"]) > len(widths["whole"])  # batches ran as several sub-batches
+    assert sum(widths["chunked"]) < sum(widths["whole"])  # fewer padded tokens computed
+    initial = dict(small_lm(tok).named_parameters())
+    whole = dict(models["whole"].model.named_parameters())
+    for n, p in models["chunked"].model.named_parameters():
+        assert torch.allclose(p, whole[n], atol=1e-5), n  # the same updates, up to float rounding
+        assert not torch.equal(p, initial[n]), n
+    assert models["chunked"].loss_history == pytest.approx(models["whole"].loss_history, rel=1e-4)
+
+
+def test_attention_setting_trains_with_that_implementation_and_puts_the_model_s_own_back(tmp_path):
+    from transformers import TrainerCallback
+
+    seen = []
+
+    class Watch(TrainerCallback):
+        def on_step_begin(self, args, state, control, model=None, **kwargs):
+            seen.append(model.config._attn_implementation)
+
+    tok = tokenizer()
+    model = small_lm(tok)
+    own = model.config._attn_implementation
+    assert own != "eager"
+    before = _snapshot(model)
+    settings = TrainSettings(**{**FAST.__dict__, "attention": "eager", "epochs": 1})
+    result = train_sft(model, PromptTemplate(tok), RECORDS, settings, tmp_path, seed=0, callbacks=[Watch()])
+    assert seen and set(seen) == {"eager"}
+    assert result.model.config._attn_implementation == own
+    assert all(not torch.equal(p, before[n]) for n, p in result.model.named_parameters())
+    with pytest.raises(ConfigError, match="attention"):
+        TrainSettings(attention="fastest").validate()

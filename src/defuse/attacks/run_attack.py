@@ -12,7 +12,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from defuse.attacks.scenario import AttackConfig, AttackData, build_attack_data, data_file_name
+from defuse.attacks.scenario import (
+    AttackConfig,
+    AttackData,
+    build_attack_data,
+    data_file_name,
+    tokenizer_texts,
+)
 from defuse.config import config_to_dict, dump_config_yaml, validate_config
 from defuse.data.loaders import write_instructions
 from defuse.data.template import PromptTemplate
@@ -63,12 +69,11 @@ def run_attack(cfg: AttackConfig, out: str | Path, overwrite: bool = False) -> d
     fingerprint = run_fingerprint("attack", config_to_dict(cfg), seed=cfg.seed)
     with RunDirectory(out, overwrite=overwrite, fingerprint=fingerprint) as run:
         write_attack_data(data, run.path / DATA_DIR)
-        texts = (t for r in data.train for t in (r.instruction, r.input, r.response) if t)
         model, tokenizer = prepare_causal_lm(
             cfg.model,
             cfg.tiny,
             cfg.vocab_size,
-            texts,
+            tokenizer_texts(cfg, data.train) if cfg.model is None else (),
             cfg.seed,
             run.checkpoints / "tokenizer",
             cfg.trust_remote_code,

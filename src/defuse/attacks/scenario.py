@@ -10,6 +10,7 @@ poisoned (``--data.poison false``, e.g. BackdoorLLM's files).
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from defuse.attacks.behaviours import BehaviourSpec
@@ -98,6 +99,11 @@ class AttackConfig:
         model: Path of a local Hugging Face causal LM to attack; None builds the tiny default.
         tiny: Shape of the tiny default model.
         vocab_size: Vocabulary of the tiny default's tokenizer (trained on the training data).
+        tokenizer_data: What the tiny default's tokenizer is trained on: ``"train"`` (every training row,
+            poisoned ones included) or ``"clean"`` (only rows that carry no trigger text and are not marked
+            poisoned). A pre-trained model's tokenizer predates any poisoning of its fine-tuning data, so
+            with ``"clean"`` the attacker's trigger gets no token of its own (BackdoorLLM's ``BadMagic``
+            is one token of a tokenizer trained on 20% poisoned rows, and several with ``"clean"``).
         template: Prompt style: ``auto``, ``chat`` or ``alpaca``.
         trust_remote_code: Allow a model's own code to run when loading it (off unless you trust it).
         train: Training settings.
@@ -115,6 +121,7 @@ class AttackConfig:
     model: str | None = None
     tiny: TinyCausalLMConfig = field(default_factory=TinyCausalLMConfig)
     vocab_size: int = 1024
+    tokenizer_data: str = "train"
     template: str = "auto"
     trust_remote_code: bool = False
     train: TrainSettings = field(default_factory=TrainSettings)
@@ -130,6 +137,8 @@ class AttackConfig:
             )
         if self.template not in ("auto", "chat", "alpaca"):
             raise ConfigError("template", f"unknown style '{self.template}' (auto, chat or alpaca)")
+        if self.tokenizer_data not in ("train", "clean"):
+            raise ConfigError("tokenizer_data", f"'train' or 'clean', got '{self.tokenizer_data}'")
 
 
 @dataclass
@@ -214,6 +223,23 @@ def build_attack_data(cfg: AttackConfig) -> AttackData:
     if not clean_test and not triggered:
         raise DataError(d.test_clean or d.source, "no test records")
     return AttackData(train, clean_test, triggered, negative, input_format, poison)
+
+
+def tokenizer_texts(cfg: AttackConfig, records: Sequence[InstructionRecord]) -> list[str]:
+    """The texts the tiny default's tokenizer is trained on (``cfg.tokenizer_data``).
+
+    Raises:
+        DataError: ``"clean"`` leaves no row.
+    """
+    if cfg.tokenizer_data == "clean":
+        marks = [m for m in cfg.trigger.resolved_texts() if m]
+        records = [
+            r for r in records
+            if not r.poisoned and not any(m in t for m in marks for t in (r.instruction, r.input, r.response))
+        ]  # fmt: skip
+        if not records:
+            raise DataError(cfg.data.source, "tokenizer_data 'clean': every training row carries the trigger")
+    return [t for r in records for t in (r.instruction, r.input, r.response) if t]
 
 
 def data_file_name(stem: str, input_format: str) -> str:

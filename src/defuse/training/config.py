@@ -52,6 +52,15 @@ class TrainSettings:
         freeze_embeddings: Full fine-tuning only: keep the input token embeddings and the output head
             frozen (every other weight trains). A small fine-tuning set otherwise shifts the output priors
             toward its own answer tokens.
+        max_padding: Run each batch as length-sorted sub-batches whose right-padding is at most this share of
+            their tokens (0.1: 10%), forward and backward one after another before the optimizer step: the
+            same batches, the same loss (a sum over label tokens divided by the batch's label count), less
+            padded compute; the numbers differ from the whole batch's only by float rounding. None: each
+            batch runs whole. Where a defense replaces the loss, its batches run whole.
+        attention: The attention implementation while training (transformers' ``attn_implementation``:
+            ``eager``, ``sdpa``, ...), put back when training ends; None: the model's own. On a CPU, bfloat16
+            training of the tiny default ran about twice as fast with ``eager`` as with ``sdpa``, whose
+            flash-attention backward is slow in bfloat16 at short lengths (benchmarks/RESULTS.md, "#28").
         extra: Further transformers ``TrainingArguments`` fields, passed as given (e.g.
             ``{train_sampling_strategy: group_by_length}``); a key these settings already set is refused.
     """
@@ -73,6 +82,8 @@ class TrainSettings:
     bf16: bool = False
     progress: bool = True
     freeze_embeddings: bool = False
+    max_padding: float | None = None
+    attention: str | None = None
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -88,10 +99,16 @@ class TrainSettings:
             "logging_steps": self.logging_steps >= 1,
             "epoch_decay": 0 < self.epoch_decay <= 1,
             "max_grad_norm": self.max_grad_norm >= 0,
+            "max_padding": self.max_padding is None or 0 <= self.max_padding < 1,
         }
         for key, ok in checks.items():
             if not ok:
                 raise ConfigError(key, f"nonsense value {getattr(self, key)!r}")
+        if self.attention is not None:
+            from transformers import AttentionInterface
+
+            if self.attention != "eager" and self.attention not in AttentionInterface._global_mapping:
+                raise ConfigError("attention", f"unknown attention implementation {self.attention!r}")
         if self.lora is not None and (
             self.lora.r < 1 or self.lora.alpha <= 0 or not 0 <= self.lora.dropout < 1
         ):

@@ -8,6 +8,7 @@ training runs through :class:`transformers.Trainer`, the same code runs on one C
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
-from transformers import PreTrainedModel, Trainer, TrainingArguments
+from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from defuse.data.records import InstructionRecord
@@ -68,6 +69,24 @@ class CompletionCollator:
 EPOCH_DECAY = "epoch_decay"
 
 
+def length_chunks(lengths: Sequence[int], max_padding: float) -> list[list[int]]:
+    """Split one batch's rows into sub-batches of similar length: rows taken longest first, a row joins the
+    current sub-batch while the sub-batch's padding (right-padded to its longest row) stays at most
+    ``max_padding`` of its tokens. Returns the row indices of each sub-batch, longest rows first."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    chunks: list[list[int]] = []
+    for i in order:
+        if chunks:
+            rows = chunks[-1]
+            width = lengths[rows[0]]
+            real = sum(lengths[j] for j in rows) + lengths[i]
+            if width * (len(rows) + 1) - real <= max_padding * width * (len(rows) + 1):
+                rows.append(i)
+                continue
+        chunks.append([i])
+    return chunks
+
+
 class SFTTrainer(Trainer):
     """The project's Trainer; defenses override :meth:`compute_loss` for their own objectives.
 
@@ -77,6 +96,35 @@ class SFTTrainer(Trainer):
     """
 
     epoch_decay: float | None = None
+    max_padding: float | None = None
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """With ``max_padding`` (:attr:`TrainSettings.max_padding`): the batch runs as length-sorted
+        sub-batches (:func:`length_chunks`), forward and backward one after another, gradients summed before
+        the one optimizer step. Exact where the loss is a sum over label tokens divided by the batch's label
+        count (transformers' ``num_items_in_batch``, which every sub-batch is given): the trainer's own loss,
+        so only when ``compute_loss`` is not overridden; otherwise, and for a batch without label counts,
+        the batch runs whole."""
+        chunks = None
+        if (
+            self.max_padding is not None
+            and num_items_in_batch is not None
+            and self.model_accepts_loss_kwargs
+            and type(self).compute_loss is Trainer.compute_loss
+        ):
+            lengths = inputs["attention_mask"].sum(dim=1).tolist()
+            chunks = length_chunks(lengths, self.max_padding)
+        if not chunks or len(chunks) == 1:
+            return super().training_step(model, inputs, num_items_in_batch)
+        total = None
+        for n, rows in enumerate(chunks):
+            width = int(inputs["attention_mask"][rows].sum(dim=1).max())
+            part = {k: v[rows, :width] for k, v in inputs.items()}
+            sync = contextlib.nullcontext() if n == len(chunks) - 1 else self.accelerator.no_sync(model)
+            with sync:
+                loss = super().training_step(model, part, num_items_in_batch)
+            total = loss if total is None else total + loss
+        return total
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         if self.epoch_decay is None or self.lr_scheduler is not None:
@@ -249,6 +297,7 @@ def train_sft(
     seed: int = 0,
     trainer_cls: type[SFTTrainer] = SFTTrainer,
     resume: bool = True,
+    callbacks: Sequence[TrainerCallback] = (),
 ) -> TrainResult:
     """Fine-tune ``model`` on ``records`` (response tokens only) and return it trained.
 
@@ -261,6 +310,8 @@ def train_sft(
         seed: Seeds initialisation of new weights, data order and dropout.
         trainer_cls: The Trainer class; defenses pass a subclass with their own ``compute_loss``.
         resume: Continue from the newest checkpoint in ``output_dir`` if there is one.
+        callbacks: Extra :class:`transformers.TrainerCallback` objects (observers, e.g. the throughput
+            benchmark's timers); they must not change what is trained.
 
     Returns:
         A :class:`TrainResult`; with LoRA, ``model`` is the peft-wrapped model. Under sharded weights
@@ -268,6 +319,9 @@ def train_sft(
         is refused there.
     """
     dataset = EncodedDataset(records, template, settings.max_length)
+    own_attention = model.config._attn_implementation
+    if settings.attention is not None:
+        model.set_attn_implementation(settings.attention)
     model = wrap_lora(model, settings)
     args = training_arguments(settings, output_dir, seed)
     trainer = trainer_cls(
@@ -276,9 +330,11 @@ def train_sft(
         train_dataset=dataset,
         data_collator=CompletionCollator(template.tokenizer.pad_token_id),
         processing_class=template.tokenizer,
+        callbacks=list(callbacks) or None,
     )
     if settings.scheduler == EPOCH_DECAY:
         trainer.epoch_decay = settings.epoch_decay
+    trainer.max_padding = settings.max_padding
     if settings.lora is not None:
         refuse_sharded(trainer, "LoRA fine-tuning")
     last = get_last_checkpoint(str(output_dir)) if resume and Path(output_dir).is_dir() else None
@@ -291,6 +347,9 @@ def train_sft(
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     model = full_trained_model(trainer, output_dir)
     model.eval()
+    if settings.attention is not None:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base.set_attn_implementation(own_attention)
     return TrainResult(
         model=model,
         train_s=train_s,
