@@ -51,7 +51,7 @@ from defuse.data.template import PromptTemplate
 from defuse.evaluation.backdoor import evaluate_backdoor
 from defuse.evaluation.generate import GenerationSettings, generate_token_ids
 from defuse.models.factory import prepare_causal_lm
-from defuse.training.sft import cpu_bf16, precision, train_sft
+from defuse.training.sft import cpu_bf16, length_chunks, precision, train_sft
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -112,7 +112,8 @@ class Meter(TrainerCallback):
     ``on_pre_optimizer_step`` and ``on_optimizer_step``.
     """
 
-    def __init__(self):
+    def __init__(self, max_padding: float | None = None):
+        self.max_padding = max_padding
         self.collate_s = 0.0
         self.optimizer_s = 0.0
         self.real_tokens = 0
@@ -129,10 +130,16 @@ class Meter(TrainerCallback):
             start = time.perf_counter()
             out = inner(batch)
             self.collate_s += time.perf_counter() - start
-            mask = out["attention_mask"]
-            self.real_tokens += int(mask.sum())
-            self.padded_tokens += mask.numel()
-            self.lengths.extend(mask.sum(dim=1).tolist())
+            lengths = out["attention_mask"].sum(dim=1).tolist()
+            self.real_tokens += sum(lengths)
+            self.lengths.extend(lengths)
+            # the tokens computed: the batch as collated, or its sub-batches with train.max_padding
+            chunks = (
+                [range(len(lengths))]
+                if self.max_padding is None
+                else length_chunks(lengths, self.max_padding)
+            )
+            self.padded_tokens += sum(len(rows) * max(lengths[i] for i in rows) for rows in chunks)
             return out
 
         loader.collate_fn = timed
@@ -153,7 +160,7 @@ def model_flops(shapes: list[tuple[int, int, bool]], lengths: list[int], layers:
 
 def measure_training(name, model, template, records, settings, seed, rates_at) -> tuple[dict, nn.Module]:
     """Train with ``train_sft`` under a :class:`Meter`; return the workload's row and the trained model."""
-    meter = Meter()
+    meter = Meter(settings.max_padding)
     with tempfile.TemporaryDirectory() as work:
         start = time.perf_counter()
         result = train_sft(
@@ -210,6 +217,7 @@ VARIANTS = {
     "chunked-fused": {"max_padding": 0.1, "optimizer": "adamw_torch_fused"},
     "eager": {"attention": "eager"},
     "bf16-eager": {"bf16": True, "attention": "eager"},
+    "bf16-eager-fused": {"bf16": True, "attention": "eager", "optimizer": "adamw_torch_fused"},
     "chunked-bf16-eager": {"max_padding": 0.1, "bf16": True, "attention": "eager"},
     "chunked-bf16-eager-fused": {
         "max_padding": 0.1,
