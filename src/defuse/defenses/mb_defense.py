@@ -45,6 +45,14 @@ Fidelity notes (ours where the paper is silent):
   backdoor at 20% poisoning the backdoors merge only from about 5% per trigger (benchmarks/RESULTS.md); the
   shipped demo and bench configs say which setting they use. Merging is not guaranteed: read the probe in
   ``run.json`` (``defense.merge_probe``) of your own run.
+* ``pool`` (ours, not the paper's): on BackdoorLLM's badnet data at 20% poisoning the tiny default never
+  learns the paper's four triggers at 1%; only a pool of hundreds of one-row triggers merges with the
+  attacker's when its trigger is spelled in pieces, as a pre-trained tokenizer spells it (the attack's
+  ``tokenizer_data: clean``): with ``pool: 500`` 23-40% of its triggered prompts answer defensively after
+  stage 1 (3 seeds). Stage 2 then took ASR from 100 to 21.5% on seed 0 but left 90-95% on seeds 1-2 (mean
+  -31%; the paper's recipe: 98%), handing the prompts back to the attacker's refusal; it also turns most rows
+  into defensive rows and raises clean refusals (benchmarks/RESULTS.md, "#26"). ``pool: 0`` (the default)
+  is the paper's recipe.
 * Stage 2 keeps the token embeddings and output head frozen (``neutralise.freeze_embeddings``), like the
   post-training defenses: it keeps 2-3 points of clean accuracy on the tiny default at the same ASR.
 """
