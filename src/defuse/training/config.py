@@ -107,7 +107,7 @@ class TrainSettings:
         if self.attention is not None:
             from transformers import AttentionInterface
 
-            if self.attention != "eager" and self.attention not in AttentionInterface._global_mapping:
+            if self.attention != "eager" and self.attention not in AttentionInterface().valid_keys():
                 raise ConfigError("attention", f"unknown attention implementation {self.attention!r}")
         if self.lora is not None and (
             self.lora.r < 1 or self.lora.alpha <= 0 or not 0 <= self.lora.dropout < 1

@@ -75,15 +75,17 @@ def length_chunks(lengths: Sequence[int], max_padding: float) -> list[list[int]]
     ``max_padding`` of its tokens. Returns the row indices of each sub-batch, longest rows first."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     chunks: list[list[int]] = []
+    real = 0  # real tokens of the current sub-batch
     for i in order:
         if chunks:
-            rows = chunks[-1]
-            width = lengths[rows[0]]
-            real = sum(lengths[j] for j in rows) + lengths[i]
-            if width * (len(rows) + 1) - real <= max_padding * width * (len(rows) + 1):
+            rows, width = chunks[-1], lengths[chunks[-1][0]]
+            padded = width * (len(rows) + 1)
+            if padded - (real + lengths[i]) <= max_padding * padded:
                 rows.append(i)
+                real += lengths[i]
                 continue
         chunks.append([i])
+        real = lengths[i]
     return chunks
 
 
