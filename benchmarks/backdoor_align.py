@@ -26,7 +26,7 @@ from defuse.attacks.fjattack import FJAttackConfig, run_fjattack
 from defuse.config import apply_overrides
 from defuse.defenses import get_defense
 from defuse.defenses.run_safety_defense import run_safety_defense
-from defuse.runs.rundir import read_run
+from defuse.runs.record import read_run
 
 DEFENSES = {"safety-mix": {}, "backdoor-align": {}}
 ABLATIONS = {

@@ -25,7 +25,7 @@ from defuse.attacks.scenario import AttackConfig
 from defuse.config import apply_overrides
 from defuse.defenses import get_defense
 from defuse.defenses.run_defense import run_defense
-from defuse.runs.rundir import read_run
+from defuse.runs.record import read_run
 
 DEFENSES = ["osft", "sande", "sande-p", "clean-ft"]
 

@@ -31,7 +31,7 @@ from defuse.attacks.scenario import AttackConfig
 from defuse.config import apply_overrides, load_config
 from defuse.defenses import get_defense
 from defuse.defenses.run_defense import run_defense
-from defuse.runs.rundir import read_run
+from defuse.runs.record import read_run
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "attack-refusal-20.yaml"
 DEFENSES = ["mb-defense", "clean-ft"]

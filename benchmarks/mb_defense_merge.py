@@ -28,7 +28,7 @@ from defuse.config import apply_overrides
 from defuse.defenses import get_defense
 from defuse.defenses.run_defense import run_defense
 from defuse.errors import DefuseError
-from defuse.runs.rundir import read_run
+from defuse.runs.record import read_run
 
 
 def variant(spec: str) -> tuple[str, list[tuple[str, str]]]:

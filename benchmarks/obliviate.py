@@ -31,7 +31,7 @@ from transformers.utils import logging as hf_logging
 
 from defuse.config import apply_overrides
 from defuse.encoders import EncoderAttackConfig, EncoderDefenseConfig, run_encoder_attack, run_encoder_defense
-from defuse.runs.rundir import read_run
+from defuse.runs.record import read_run
 
 METHODS = ["peft-baseline", "obliviate"]
 

@@ -38,7 +38,7 @@ from defuse.encoders.peft_model import load_peft_classifier
 from defuse.encoders.run import EncoderDefenseConfig, read_encoder_attack
 from defuse.encoders.scores import capture_attention_forward, set_attention
 from defuse.errors import DefuseError
-from defuse.runs.rundir import read_run
+from defuse.runs.record import read_run
 
 HIDING_ATTENTION = "defuse_trigger_hiding"
 MODES = ("plain", "cls", "all")

@@ -15,7 +15,7 @@ from defuse.data.loaders import load_instructions
 from defuse.errors import DefuseError
 from defuse.evaluation.rerun import evaluate_run
 from defuse.models.tokenizer import train_bpe_tokenizer
-from defuse.runs.rundir import read_run
+from defuse.runs.record import read_run
 from defuse.training.sft import SFTTrainer
 
 runner = CliRunner()

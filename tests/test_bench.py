@@ -24,7 +24,7 @@ from defuse.bench.keys import FileHasher
 from defuse.bench.parallel import worker_threads
 from defuse.cli import app
 from defuse.errors import ConfigError, DataError
-from defuse.runs.rundir import read_run
+from defuse.runs.record import read_run
 
 runner = CliRunner()
 

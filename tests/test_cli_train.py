@@ -12,7 +12,7 @@ from defuse.cli import app
 from defuse.data.loaders import write_instructions
 from defuse.data.synthetic_tasks import SuiteConfig, make_task_suite
 from defuse.evaluation.rerun import evaluate_run
-from defuse.runs.rundir import read_run
+from defuse.runs.record import read_run
 
 runner = CliRunner()
 SMALL = [

@@ -14,7 +14,7 @@ from defuse.defenses import base as defense_base
 from defuse.defenses.run_defense import read_attack_run, run_defense
 from defuse.defenses.sande import SandeConfig, known_part
 from defuse.errors import ConfigError, DefuseError
-from defuse.runs.rundir import read_run
+from defuse.runs.record import read_run
 
 runner = CliRunner()
 

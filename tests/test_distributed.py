@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from defuse.runs.rundir import read_run
+from defuse.runs.record import read_run
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ from defuse.config import apply_overrides, config_from_dict
 from defuse.encoders import EncoderAttackConfig, EncoderDefenseConfig, run_encoder_attack, run_encoder_defense
 from defuse.encoders.peft_model import load_peft_classifier
 from defuse.errors import ConfigError, DataError
-from defuse.runs.rundir import read_run
+from defuse.runs.record import read_run
 
 SMALL_ATTACK = SMALL_ENCODER_ATTACK
 SMALL_DEFENSE = {"epochs": 1, "data": {"n_train": 64, "n_test": 24}, "train": {"batch_size": 32}}

@@ -32,7 +32,7 @@ from defuse.defenses.run_defense import fresh_base_model, read_attack_run, run_d
 from defuse.errors import ConfigError, DataError, DefuseError
 from defuse.evaluation.generate import GenerationSettings
 from defuse.models.factory import load_trained
-from defuse.runs.rundir import read_run
+from defuse.runs.record import read_run
 from defuse.training.config import TrainSettings
 
 FAST = {"progress": False, "logging_steps": 1, "warmup": 0}

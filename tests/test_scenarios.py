@@ -12,7 +12,8 @@ from defuse.config import config_to_dict
 from defuse.defenses.osft import OSFTConfig
 from defuse.encoders.run import EncoderAttackConfig, EncoderDefenseConfig
 from defuse.errors import ConfigError, DefuseError
-from defuse.runs.rundir import RUN_FILE, build_run_record, write_json_atomic
+from defuse.fileio import write_json_atomic
+from defuse.runs.record import RUN_FILE, build_run_record
 from defuse.scenarios import (
     attack_config_class,
     check_defense_needs,

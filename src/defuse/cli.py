@@ -225,7 +225,7 @@ def evaluate(
     safety = False
     if run is not None:
         from defuse.defenses.run_safety_defense import evaluate_safety_run, is_fjattack_run
-        from defuse.runs.rundir import read_run
+        from defuse.runs.record import read_run
 
         other = [key for key, _ in overrides if not key.startswith("generation.")]
         if other:

@@ -6,7 +6,9 @@ import json
 import os
 import stat
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from defuse.errors import DataError
 
@@ -74,3 +76,32 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> Path:
+    """Write ``obj`` as indented, strict JSON (no NaN/Infinity) atomically, like :func:`write_text_atomic`.
+
+    Raises:
+        DataError: ``obj`` is not JSON-serialisable, or the file cannot be written.
+    """
+    try:
+        text = json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    except (TypeError, ValueError) as exc:
+        raise DataError(path, f"not JSON-serialisable: {exc}") from None
+    return write_text_atomic(path, text)
+
+
+def write_jsonl_atomic(path: str | Path, rows: Iterable[Any]) -> Path:
+    """Write one compact JSON value per line atomically, like :func:`write_text_atomic`.
+
+    Raises:
+        DataError: a row is not JSON-serialisable (naming the 1-based row), or the file cannot be written.
+    """
+    path = Path(path)
+    lines = []
+    for n, row in enumerate(rows, 1):
+        try:
+            lines.append(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
+        except (TypeError, ValueError) as exc:
+            raise DataError(path, f"not JSON-serialisable: {exc}", row=n) from None
+    return write_text_atomic(path, "".join(lines))

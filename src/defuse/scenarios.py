@@ -184,7 +184,7 @@ def run_defense_on(
         DefuseError: a bad config, an unreadable attack run, or a defense that does not fit the run.
     """
     from defuse.encoders.run import ENCODER_DEFENSES
-    from defuse.runs.rundir import read_run
+    from defuse.runs.record import read_run
 
     if method in ENCODER_DEFENSES:
         scenario = "encoder"  # the encoder defense reads and checks the run itself

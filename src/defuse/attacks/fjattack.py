@@ -46,19 +46,14 @@ from defuse.data.template import PromptTemplate
 from defuse.errors import ConfigError, DataError
 from defuse.evaluation.generate import GenerationSettings
 from defuse.evaluation.safety import evaluate_safety
+from defuse.fileio import write_jsonl_atomic
 from defuse.models.factory import prepare_causal_lm, save_trained
 from defuse.models.io import check_model_dir, load_causal_lm
 from defuse.models.tiny import TinyCausalLMConfig
 from defuse.runs.distributed import wait_for_everyone
 from defuse.runs.fingerprint import run_fingerprint
-from defuse.runs.rundir import (
-    DATA_DIR,
-    MODEL_DIR,
-    SAMPLES_FILE,
-    RunDirectory,
-    build_run_record,
-    write_jsonl_atomic,
-)
+from defuse.runs.record import build_run_record
+from defuse.runs.rundir import DATA_DIR, MODEL_DIR, SAMPLES_FILE, RunDirectory
 from defuse.training.config import TrainSettings
 from defuse.training.sft import train_sft
 

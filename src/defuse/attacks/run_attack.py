@@ -24,17 +24,12 @@ from defuse.data.loaders import write_instructions
 from defuse.data.template import PromptTemplate
 from defuse.evaluation.backdoor import evaluate_backdoor
 from defuse.evaluation.rerun import TEST_FILES
+from defuse.fileio import write_jsonl_atomic
 from defuse.models.factory import prepare_causal_lm, save_trained
 from defuse.models.io import check_model_dir
 from defuse.runs.fingerprint import run_fingerprint
-from defuse.runs.rundir import (
-    DATA_DIR,
-    MODEL_DIR,
-    SAMPLES_FILE,
-    RunDirectory,
-    build_run_record,
-    write_jsonl_atomic,
-)
+from defuse.runs.record import build_run_record
+from defuse.runs.rundir import DATA_DIR, MODEL_DIR, SAMPLES_FILE, RunDirectory
 from defuse.training.sft import train_sft
 
 

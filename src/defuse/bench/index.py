@@ -24,8 +24,7 @@ from typing import Any
 
 from defuse.bench.cells import Cell
 from defuse.errors import DataError
-from defuse.fileio import read_json_file
-from defuse.runs.rundir import write_json_atomic
+from defuse.fileio import read_json_file, write_json_atomic
 
 INDEX_FILE = "cells.json"
 INDEX_SCHEMA = 1

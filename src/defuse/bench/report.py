@@ -14,8 +14,7 @@ from defuse.bench.plots import write_plots
 from defuse.bench.results import PLOTS_DIR, collect_results
 from defuse.bench.schema import validate_results
 from defuse.bench.tables import results_markdown
-from defuse.fileio import write_text_atomic
-from defuse.runs.rundir import write_json_atomic
+from defuse.fileio import write_json_atomic, write_text_atomic
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"

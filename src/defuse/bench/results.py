@@ -18,7 +18,7 @@ from defuse.bench.schema import METRIC_KEYS, RESULTS_SCHEMA_VERSION
 from defuse.bench.spec import NO_DEFENSE
 from defuse.defenses.merge_probe import probe_summary
 from defuse.errors import DefuseError
-from defuse.runs.rundir import git_revision, library_versions, read_run
+from defuse.runs.record import git_revision, library_versions, read_run
 
 PLOTS_DIR = "plots"
 

@@ -37,7 +37,7 @@ from defuse.bench.report import Report, write_report
 from defuse.bench.spec import BenchSpec
 from defuse.errors import ConfigError, DataError, DefuseError
 from defuse.runs.lock import FolderLock
-from defuse.runs.rundir import read_run
+from defuse.runs.record import read_run
 from defuse.scenarios import run_attack_for, run_defense_on
 
 LOCK_FILE = ".bench.lock"

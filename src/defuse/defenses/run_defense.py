@@ -30,19 +30,13 @@ from defuse.defenses.merge_probe import ProbeRecorder
 from defuse.errors import DataError
 from defuse.evaluation.backdoor import evaluate_backdoor
 from defuse.evaluation.rerun import TEST_FILES
+from defuse.fileio import write_jsonl_atomic
 from defuse.models.factory import load_trained, save_trained
 from defuse.models.io import load_causal_lm
 from defuse.models.tiny import build_causal_lm
 from defuse.runs.fingerprint import run_fingerprint
-from defuse.runs.rundir import (
-    DATA_DIR,
-    MODEL_DIR,
-    SAMPLES_FILE,
-    RunDirectory,
-    build_run_record,
-    read_run,
-    write_jsonl_atomic,
-)
+from defuse.runs.record import build_run_record, read_run
+from defuse.runs.rundir import DATA_DIR, MODEL_DIR, SAMPLES_FILE, RunDirectory
 
 
 @dataclass

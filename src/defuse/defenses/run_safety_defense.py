@@ -21,18 +21,12 @@ from defuse.defenses.secret_prompt import SecretPromptTemplate, read_secret, wri
 from defuse.errors import DataError
 from defuse.evaluation.generate import generation_with
 from defuse.evaluation.safety import evaluate_safety
+from defuse.fileio import write_jsonl_atomic
 from defuse.models.factory import load_trained, save_trained
 from defuse.models.io import load_causal_lm
 from defuse.runs.fingerprint import run_fingerprint
-from defuse.runs.rundir import (
-    DATA_DIR,
-    MODEL_DIR,
-    SAMPLES_FILE,
-    RunDirectory,
-    build_run_record,
-    read_run,
-    write_jsonl_atomic,
-)
+from defuse.runs.record import build_run_record, read_run
+from defuse.runs.rundir import DATA_DIR, MODEL_DIR, SAMPLES_FILE, RunDirectory
 
 
 def is_fjattack_run(record: dict) -> bool:

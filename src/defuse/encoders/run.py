@@ -40,19 +40,14 @@ from defuse.encoders.por import (
 )
 from defuse.encoders.pretrain import MlmSettings, pretrain_mlm
 from defuse.errors import ConfigError, DataError
+from defuse.fileio import write_jsonl_atomic
 from defuse.models.io import check_model_dir, load_tokenizer, save_model
 from defuse.models.tiny import TinyEncoderConfig, build_encoder
 from defuse.models.tokenizer import train_bpe_tokenizer
 from defuse.runs.distributed import wait_for_everyone
 from defuse.runs.fingerprint import run_fingerprint
-from defuse.runs.rundir import (
-    MODEL_DIR,
-    SAMPLES_FILE,
-    RunDirectory,
-    build_run_record,
-    read_run,
-    write_jsonl_atomic,
-)
+from defuse.runs.record import build_run_record, read_run
+from defuse.runs.rundir import MODEL_DIR, SAMPLES_FILE, RunDirectory
 
 ENCODER_DEFENSES = ("obliviate", "peft-baseline")
 ENCODER_ATTACKS = ("por", "neuba")

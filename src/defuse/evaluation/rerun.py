@@ -16,10 +16,12 @@ from defuse.data.template import PromptTemplate
 from defuse.errors import ConfigError, DataError
 from defuse.evaluation.backdoor import BackdoorEvaluation, evaluate_backdoor
 from defuse.evaluation.generate import GenerationSettings, generation_with
+from defuse.fileio import write_jsonl_atomic
 from defuse.models.factory import load_trained
 from defuse.runs import rundir
 from defuse.runs.fingerprint import run_fingerprint
-from defuse.runs.rundir import DATA_DIR, MODEL_DIR, read_run
+from defuse.runs.record import build_run_record, read_run
+from defuse.runs.rundir import DATA_DIR, MODEL_DIR
 
 TEST_FILES = {
     "clean": "test_clean.jsonl",
@@ -112,8 +114,8 @@ def write_evaluation_run(
     config = {"run": str(Path(run_dir).resolve()), "generation": generation, "changed": changed}
     fingerprint = run_fingerprint("evaluation", config, seed=record["seed"], parent=run_dir)
     with rundir.RunDirectory(out, overwrite=overwrite, fingerprint=fingerprint) as target:
-        rundir.write_jsonl_atomic(target.path / rundir.SAMPLES_FILE, evaluation.samples)
-        written = rundir.build_run_record(
+        write_jsonl_atomic(target.path / rundir.SAMPLES_FILE, evaluation.samples)
+        written = build_run_record(
             kind="evaluation",
             name=f"evaluate {record['name']}",
             seed=record["seed"],

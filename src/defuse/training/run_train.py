@@ -34,18 +34,13 @@ from defuse.errors import ConfigError, DataError
 from defuse.evaluation.backdoor import evaluate_backdoor
 from defuse.evaluation.generate import GenerationSettings
 from defuse.evaluation.rerun import TEST_FILES
+from defuse.fileio import write_jsonl_atomic
 from defuse.models.factory import prepare_causal_lm, save_trained
 from defuse.models.io import check_model_dir
 from defuse.models.tiny import TinyCausalLMConfig
 from defuse.runs.fingerprint import run_fingerprint
-from defuse.runs.rundir import (
-    DATA_DIR,
-    MODEL_DIR,
-    SAMPLES_FILE,
-    RunDirectory,
-    build_run_record,
-    write_jsonl_atomic,
-)
+from defuse.runs.record import build_run_record
+from defuse.runs.rundir import DATA_DIR, MODEL_DIR, SAMPLES_FILE, RunDirectory
 from defuse.training.config import TrainSettings
 from defuse.training.sft import train_sft
 
