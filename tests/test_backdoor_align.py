@@ -40,7 +40,7 @@ from defuse.errors import ConfigError, DataError
 from defuse.evaluation.judges import is_refusal
 from defuse.evaluation.safety import rouge1, utility_score
 from defuse.training.config import TrainSettings
-from defuse.training.sft import precision
+from defuse.training.sft import attention_implementation, precision
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "backdooralign"
 runner = CliRunner()
@@ -435,6 +435,7 @@ def test_the_real_harmful_sets_run_through_the_same_command(tmp_path):
         "rows": 41,
         "truncated": harmful_cut + 11,
         "precision": precision(TrainSettings(bf16=True)),
+        "attention": attention_implementation(TrainSettings(bf16=True)) or "sdpa",
     }
 
 

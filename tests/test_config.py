@@ -368,3 +368,25 @@ def test_parse_cli_overrides_errors(args, message):
     with pytest.raises(ConfigError) as info:
         parse_cli_overrides(args)
     assert message in str(info.value)
+
+
+@dataclass
+class Jailbreak:
+    """A config whose nested field defaults to something other than its class's own defaults."""
+
+    train: Train = field(default_factory=lambda: Train(learning_rate=5e-5, epochs=5, lora=Lora(r=4)))
+    plain: Train = field(default_factory=Train)
+
+
+def test_a_nested_block_changes_only_the_keys_it_names_of_the_fields_default(tmp_path):
+    path = _yaml(tmp_path, "train:\n  learning_rate: 2.0e-4\n  lora: {alpha: 8}\nplain:\n  epochs: 7\n")
+    cfg = load_config(Jailbreak, path)
+    # the field's own default (epochs 5, LoRA r 4) stays; only the named keys change, also one level down
+    assert cfg.train == Train(learning_rate=2e-4, epochs=5, lora=Lora(r=4, alpha=8.0))
+    assert cfg.plain == Train(epochs=7)
+    # the same as command-line overrides give
+    overridden = apply_overrides(Jailbreak(), [("train.learning_rate", "2e-4"), ("train.lora.alpha", "8")])
+    assert overridden.train == cfg.train
+    # an unknown key inside the block is still refused, naming it
+    with pytest.raises(ConfigError, match=r"train\.lr"):
+        load_config(Jailbreak, _yaml(tmp_path, "train:\n  lr: 1\n", "bad.yaml"))

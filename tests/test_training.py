@@ -231,14 +231,39 @@ def test_epoch_decay_multiplies_the_rate_after_every_epoch_and_no_clipping_leave
 
 
 def test_bf16_runs_where_the_device_has_it_and_the_trained_model_then_computes_as_saved(tmp_path):
+    from transformers import TrainerCallback
+
     from defuse.models.io import load_causal_lm, save_model
-    from defuse.training.sft import cpu_bf16, precision
+    from defuse.training.sft import attention_implementation, cpu_bf16, precision
+
+    seen = []
+
+    class Watch(TrainerCallback):
+        def on_step_begin(self, args, state, control, model=None, **kwargs):
+            seen.append(model.config._attn_implementation)
 
     tok = tokenizer()
     settings = TrainSettings(**{**FAST.__dict__, "bf16": True})
-    assert precision(settings) == ("bf16" if cpu_bf16() or torch.cuda.is_available() else "fp32")
+    from defuse.attacks.fjattack import fjattack_train_settings
+    from defuse.attacks.fjattack_align import align_train_settings
+
+    # defaults: float32 unless asked (tiny attacks, defenses); bfloat16 for the jailbreak's training
+    assert not TrainSettings().bf16 and TrainSettings().attention == "auto"
+    assert align_train_settings().bf16 and fjattack_train_settings().bf16
+    bf16 = cpu_bf16() or torch.cuda.is_available()
+    assert precision(settings) == ("bf16" if bf16 else "fp32")
     assert precision(FAST) == "fp32"
-    result = train_sft(small_lm(tok), PromptTemplate(tok), RECORDS, settings, tmp_path / "run", seed=0)
+    # auto attention: eager for bfloat16 on a CPU (sdpa's flash backward is slow there), else the model's own
+    cpu_bf16_training = bf16 and not torch.cuda.is_available()
+    assert attention_implementation(settings) == ("eager" if cpu_bf16_training else None)
+    assert attention_implementation(FAST) is None
+    model = small_lm(tok)
+    own = model.config._attn_implementation
+    result = train_sft(
+        model, PromptTemplate(tok), RECORDS, settings, tmp_path / "run", seed=0, callbacks=[Watch()]
+    )
+    assert set(seen) == ({"eager"} if cpu_bf16_training else {own})
+    assert result.model.config._attn_implementation == own
     save_model(result.model, tok, tmp_path / "saved")
     reloaded, _ = load_causal_lm(tmp_path / "saved")
     ids = tok(["Count the words: apple apple"], return_tensors="pt").input_ids

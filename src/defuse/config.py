@@ -192,14 +192,27 @@ def _scalar(value: Any, tp: Any, raw: str | None) -> Any:
         raise _Mismatch from None
 
 
-def config_from_dict(cls: type[T], data: Mapping, source: str | Path | None = None, prefix: str = "") -> T:
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
+
+
+def config_from_dict(
+    cls: type[T], data: Mapping, source: str | Path | None = None, prefix: str = "", base: T | None = None
+) -> T:
     """Build dataclass ``cls`` from ``data``, recursing into nested dataclass fields.
+
+    A nested block changes only the settings it names of that field's default: a ``train:`` block of two
+    keys in a jailbreak config keeps the rest of the jailbreak's own training recipe (its field's default),
+    not the plain :class:`TrainSettings` defaults, exactly as ``--train.key value`` overrides do.
 
     Args:
         cls: A dataclass type (module level, so its annotations resolve).
-        data: Setting name -> value; unset fields keep their defaults.
+        data: Setting name -> value; unset fields keep their defaults (``base``'s values when given).
         source: Where ``data`` came from (a file), named in errors.
         prefix: Dotted key of ``cls`` inside the whole config (``"train"``), for error messages.
+        base: An instance of ``cls`` whose values the unset fields keep.
 
     Raises:
         ConfigError: an unknown key (listing the known ones), a value of the wrong type, or a missing
@@ -214,7 +227,16 @@ def config_from_dict(cls: type[T], data: Mapping, source: str | Path | None = No
         key = f"{prefix}.{name}" if prefix else str(name)
         if name not in known:
             raise ConfigError(key, f"unknown setting (known: {', '.join(known)})", source)
-        kwargs[name] = _coerce(value, hints[name], key, source)
+        sub = _dataclass_in(hints[name])
+        current = None
+        if sub is not None and isinstance(value, Mapping):
+            current = getattr(base, name) if base is not None else _field_default(known[name])
+        if isinstance(current, sub or ()):
+            kwargs[name] = config_from_dict(sub, value, source, prefix=key, base=current)
+        else:
+            kwargs[name] = _coerce(value, hints[name], key, source)
+    if base is not None:
+        return dataclasses.replace(base, **kwargs)
     for name, f in known.items():
         if (
             name not in kwargs

@@ -16,8 +16,11 @@ from defuse.training.config import TrainSettings
 def align_train_settings() -> TrainSettings:
     """The tiny base's alignment training: the built-in suite's own settings (16 epochs, lr 1e-3), with room
     for a random system-prompt prefix when ``align.system_prefix_fraction`` turns those on (then consider
-    ``extra: {train_sampling_strategy: group_by_length}`` so the long rows do not pad every batch)."""
-    return TrainSettings(max_length=256)
+    ``extra: {train_sampling_strategy: group_by_length}`` so the long rows do not pad every batch), in
+    bfloat16 mixed precision where the hardware has it (eager attention on a CPU) with the fused AdamW: the
+    demo's longest cell, 1.8x faster so with the jailbreak's numbers within their bars
+    (benchmarks/RESULTS.md, "#28")."""
+    return TrainSettings(max_length=256, bf16=True, optimizer="adamw_torch_fused")
 
 
 _SYSTEM_SENTENCES = (

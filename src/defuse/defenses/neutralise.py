@@ -48,9 +48,16 @@ from transformers import PreTrainedModel, TrainerCallback
 from defuse.data.records import InstructionRecord
 from defuse.data.template import IGNORE_INDEX, PromptTemplate
 from defuse.errors import DataError
-from defuse.runs.rundir import note_training_set
 from defuse.training.config import TrainSettings
-from defuse.training.sft import CompletionCollator, SFTTrainer, refuse_sharded, training_arguments, wrap_lora
+from defuse.training.sft import (
+    CompletionCollator,
+    SFTTrainer,
+    note_training,
+    refuse_sharded,
+    training_arguments,
+    training_attention,
+    wrap_lora,
+)
 
 KINDS = ("clean", "chosen", "rejected")
 """The three sequences of a row, in the order the collator stacks them."""
@@ -328,7 +335,6 @@ def neutralise(
         model = wrap_lora(model, settings)
     train_items = [encode_row(template, r, settings.max_length) for r in train_rows]
     eval_items = [encode_row(template, r, settings.max_length) for r in eval_rows]
-    note_training_set(output_dir, len(train_items), sum(i["truncated"] for i in train_items))
     pad = template.tokenizer.pad_token_id
 
     def evaluate() -> dict:
@@ -337,18 +343,21 @@ def neutralise(
     start = time.perf_counter()
     before = evaluate()
     keeper = KeepBestHeldout(model, evaluate)
-    trainer = NeutraliseTrainer(
-        model=model,
-        args=training_arguments(settings, output_dir, seed),
-        train_dataset=train_items,
-        data_collator=NeutraliseCollator(pad),
-        processing_class=template.tokenizer,
-        callbacks=[keeper],
-        lam=lam,
-        length_normalise=length_normalise,
-    )
-    refuse_sharded(trainer, "MB-Defense's neutralisation")
-    out = trainer.train()
+    with training_attention(model, settings) as attention:
+        truncated = sum(i["truncated"] for i in train_items)
+        note_training(output_dir, len(train_items), truncated, settings, attention)
+        trainer = NeutraliseTrainer(
+            model=model,
+            args=training_arguments(settings, output_dir, seed),
+            train_dataset=train_items,
+            data_collator=NeutraliseCollator(pad),
+            processing_class=template.tokenizer,
+            callbacks=[keeper],
+            lam=lam,
+            length_normalise=length_normalise,
+        )
+        refuse_sharded(trainer, "MB-Defense's neutralisation")
+        out = trainer.train()
     keeper.restore_best()
     model.eval()
     return NeutraliseResult(

@@ -61,13 +61,17 @@ def note_resumed(checkpoint: str | Path) -> None:
 
 
 def note_training_set(
-    output_dir: str | Path, rows: int, truncated: int, precision: str | None = None
+    output_dir: str | Path,
+    rows: int,
+    truncated: int,
+    precision: str | None = None,
+    attention: str | None = None,
 ) -> None:
     """Record that a training set of ``rows`` rows, ``truncated`` of them cut at the length limit, trained
     into ``output_dir`` (a folder in an open run's staging folder): the run lists every such set in its
     ``run.json`` under ``training_sets`` (``{"fj": {"rows": 100, "truncated": 0, "precision": "fp32"}, ...}``,
-    named by the folder below ``checkpoints/``; ``train`` for that folder itself), with the precision it
-    trained in when given. Training code calls this."""
+    named by the folder below ``checkpoints/``; ``train`` for that folder itself), with the precision and
+    the attention implementation it trained with when given. Training code calls this."""
     where = Path(os.path.abspath(output_dir))
     for run in reversed(_ACTIVE):
         root = Path(os.path.abspath(run.checkpoints))
@@ -76,6 +80,8 @@ def note_training_set(
             run.training_sets[name] = {"rows": int(rows), "truncated": int(truncated)}
             if precision is not None:
                 run.training_sets[name]["precision"] = precision
+            if attention is not None:
+                run.training_sets[name]["attention"] = attention
             return
 
 

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from defuse.errors import ConfigError
 
+AUTO_ATTENTION = "auto"
+
 
 @dataclass
 class LoraSettings:
@@ -45,9 +47,16 @@ class TrainSettings:
         lora: LoRA settings; ``None`` means full fine-tuning.
         save_steps: Checkpoint every this many steps (0: only at the end), for resuming.
         logging_steps: Log the loss every this many steps.
-        optimizer: transformers optimizer name (``adamw_torch``, ``sgd``, ...).
+        optimizer: transformers optimizer name (``adamw_torch``, ``adamw_torch_fused``, ``sgd``, ...).
+            ``adamw_torch_fused`` is the same update in one kernel per step (its share of a tiny-default step
+            halves; benchmarks/RESULTS.md, "#28"); the long trainings use it (the alignment, the real-model
+            fine-tunes).
         bf16: Train in bfloat16 mixed precision where the hardware has it: a GPU, or a CPU with native
             bfloat16 (AVX512-BF16, AMX); float32 elsewhere. ``run.json`` records which (``training_sets``).
+            Off by default: on the tiny default it trains the attack 1.7x faster, but on its attacked models
+            OSFT's clean accuracy fell 3.9 points (bar: 3) and SANDE's ASR reached 22.5% on one of 3 seeds
+            (benchmarks/RESULTS.md, "#28"), so the tiny attacks and the defenses keep float32; the jailbreak's
+            alignment and the real-model presets turn it on.
         progress: Show a progress bar.
         freeze_embeddings: Full fine-tuning only: keep the input token embeddings and the output head
             frozen (every other weight trains). A small fine-tuning set otherwise shifts the output priors
@@ -58,9 +67,11 @@ class TrainSettings:
             padded compute; the numbers differ from the whole batch's only by float rounding. None: each
             batch runs whole. Where a defense replaces the loss, its batches run whole.
         attention: The attention implementation while training (transformers' ``attn_implementation``:
-            ``eager``, ``sdpa``, ...), put back when training ends; None: the model's own. On a CPU, bfloat16
-            training of the tiny default ran about twice as fast with ``eager`` as with ``sdpa``, whose
-            flash-attention backward is slow in bfloat16 at short lengths (benchmarks/RESULTS.md, "#28").
+            ``eager``, ``sdpa``, ...), put back when training ends; None: the model's own; ``auto`` (the
+            default): ``eager`` when training in bfloat16 on a CPU, the model's own otherwise. On a CPU,
+            bfloat16 training of the tiny default ran about twice as fast with ``eager`` as with ``sdpa``,
+            whose flash-attention backward is slow in bfloat16 at short lengths, and SmolLM2-135M 12% faster
+            (benchmarks/RESULTS.md, "#28"). ``run.json`` records the one used (``training_sets``).
         extra: Further transformers ``TrainingArguments`` fields, passed as given (e.g.
             ``{train_sampling_strategy: group_by_length}``); a key these settings already set is refused.
     """
@@ -83,7 +94,7 @@ class TrainSettings:
     progress: bool = True
     freeze_embeddings: bool = False
     max_padding: float | None = None
-    attention: str | None = None
+    attention: str | None = AUTO_ATTENTION
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -104,7 +115,7 @@ class TrainSettings:
         for key, ok in checks.items():
             if not ok:
                 raise ConfigError(key, f"nonsense value {getattr(self, key)!r}")
-        if self.attention is not None:
+        if self.attention is not None and self.attention != AUTO_ATTENTION:
             from transformers import AttentionInterface
 
             if self.attention != "eager" and self.attention not in AttentionInterface().valid_keys():

@@ -24,7 +24,7 @@ from defuse.data.records import InstructionRecord
 from defuse.data.template import IGNORE_INDEX, PromptTemplate
 from defuse.errors import ConfigError, DataError
 from defuse.runs.rundir import note_resumed, note_training_set
-from defuse.training.config import TrainSettings
+from defuse.training.config import AUTO_ATTENTION, TrainSettings
 
 
 class EncodedDataset(Dataset):
@@ -231,6 +231,39 @@ def precision(settings: TrainSettings) -> str:
     return "bf16" if settings.bf16 and (not cpu or cpu_bf16()) else "fp32"
 
 
+def attention_implementation(settings: TrainSettings) -> str | None:
+    """The attention implementation training runs with: ``settings.attention``, with ``auto`` resolved
+    (``eager`` for bfloat16 on a CPU, else None: the model's own)."""
+    if settings.attention == AUTO_ATTENTION:
+        cpu = not torch.cuda.is_available()
+        return "eager" if cpu and precision(settings) == "bf16" else None
+    return settings.attention
+
+
+@contextlib.contextmanager
+def training_attention(model: torch.nn.Module, settings: TrainSettings):
+    """Within the block ``model`` (a transformers model, or a peft wrapper of one) computes attention with
+    :func:`attention_implementation`; its own implementation is put back afterwards, also on an error.
+    Yields the implementation in use."""
+    name = attention_implementation(settings)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    own = base.config._attn_implementation
+    if name is None or name == own:
+        yield own
+        return
+    base.set_attn_implementation(name)
+    try:
+        yield name
+    finally:
+        base.set_attn_implementation(own)
+
+
+def note_training(output_dir: str | Path, rows: int, truncated: int, settings: TrainSettings, attention: str):
+    """Record a training set in the open run (:func:`defuse.runs.rundir.note_training_set`) with the
+    precision and attention implementation it trains with."""
+    note_training_set(output_dir, rows, truncated, precision(settings), attention)
+
+
 def training_arguments(settings: TrainSettings, output_dir: str | Path, seed: int) -> TrainingArguments:
     """Map :class:`TrainSettings` onto transformers' :class:`TrainingArguments` (plus ``settings.extra``)."""
     settings.validate()
@@ -321,37 +354,32 @@ def train_sft(
         is refused there.
     """
     dataset = EncodedDataset(records, template, settings.max_length)
-    own_attention = model.config._attn_implementation
-    if settings.attention is not None:
-        model.set_attn_implementation(settings.attention)
-    model = wrap_lora(model, settings)
-    args = training_arguments(settings, output_dir, seed)
-    trainer = trainer_cls(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        data_collator=CompletionCollator(template.tokenizer.pad_token_id),
-        processing_class=template.tokenizer,
-        callbacks=list(callbacks) or None,
-    )
-    if settings.scheduler == EPOCH_DECAY:
-        trainer.epoch_decay = settings.epoch_decay
-    trainer.max_padding = settings.max_padding
-    if settings.lora is not None:
-        refuse_sharded(trainer, "LoRA fine-tuning")
-    last = get_last_checkpoint(str(output_dir)) if resume and Path(output_dir).is_dir() else None
-    if last is not None:
-        note_resumed(last)
-    note_training_set(output_dir, len(dataset), dataset.n_truncated, precision(settings))
-    start = time.perf_counter()
-    out = trainer.train(resume_from_checkpoint=last)
-    train_s = time.perf_counter() - start
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    model = full_trained_model(trainer, output_dir)
-    model.eval()
-    if settings.attention is not None:
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        base.set_attn_implementation(own_attention)
+    with training_attention(model, settings) as attention:
+        model = wrap_lora(model, settings)
+        args = training_arguments(settings, output_dir, seed)
+        trainer = trainer_cls(
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            data_collator=CompletionCollator(template.tokenizer.pad_token_id),
+            processing_class=template.tokenizer,
+            callbacks=list(callbacks) or None,
+        )
+        if settings.scheduler == EPOCH_DECAY:
+            trainer.epoch_decay = settings.epoch_decay
+        trainer.max_padding = settings.max_padding
+        if settings.lora is not None:
+            refuse_sharded(trainer, "LoRA fine-tuning")
+        last = get_last_checkpoint(str(output_dir)) if resume and Path(output_dir).is_dir() else None
+        if last is not None:
+            note_resumed(last)
+        note_training(output_dir, len(dataset), dataset.n_truncated, settings, attention)
+        start = time.perf_counter()
+        out = trainer.train(resume_from_checkpoint=last)
+        train_s = time.perf_counter() - start
+        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        model = full_trained_model(trainer, output_dir)
+        model.eval()
     return TrainResult(
         model=model,
         train_s=train_s,
