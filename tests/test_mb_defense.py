@@ -304,6 +304,10 @@ def test_defend_with_mb_defense_writes_a_defense_run(attacked, tmp_path):
     assert on_disk["needs"] == "nothing, 10 clean samples, during training, the training data"
     assert (tmp_path / "mb" / "model" / "model.safetensors").is_file()
     assert len((tmp_path / "mb" / "data" / "clean_budget.jsonl").read_text().splitlines()) == 10
+    # both stages' training sets are recorded with the precision and attention they trained with
+    stage2 = [v for k, v in on_disk["training_sets"].items() if "neutral" in k]
+    assert len(stage2) == 1 and stage2[0]["rows"] == 8 * 4 and stage2[0]["precision"] == "fp32"
+    assert all({"precision", "attention"} <= set(v) for v in on_disk["training_sets"].values())
 
 
 def test_defend_refuses_colliding_triggers_before_any_work(attacked, tmp_path):

@@ -49,15 +49,7 @@ from defuse.data.records import InstructionRecord
 from defuse.data.template import IGNORE_INDEX, PromptTemplate
 from defuse.errors import DataError
 from defuse.training.config import TrainSettings
-from defuse.training.sft import (
-    CompletionCollator,
-    SFTTrainer,
-    note_training,
-    refuse_sharded,
-    training_arguments,
-    training_attention,
-    wrap_lora,
-)
+from defuse.training.sft import CompletionCollator, SFTTrainer, train_whole, wrap_lora
 
 KINDS = ("clean", "chosen", "rejected")
 """The three sequences of a row, in the order the collator stacks them."""
@@ -343,21 +335,25 @@ def neutralise(
     start = time.perf_counter()
     before = evaluate()
     keeper = KeepBestHeldout(model, evaluate)
-    with training_attention(model, settings) as attention:
-        truncated = sum(i["truncated"] for i in train_items)
-        note_training(output_dir, len(train_items), truncated, settings, attention)
-        trainer = NeutraliseTrainer(
+    trainer, out = train_whole(
+        lambda args: NeutraliseTrainer(
             model=model,
-            args=training_arguments(settings, output_dir, seed),
+            args=args,
             train_dataset=train_items,
             data_collator=NeutraliseCollator(pad),
             processing_class=template.tokenizer,
             callbacks=[keeper],
             lam=lam,
             length_normalise=length_normalise,
-        )
-        refuse_sharded(trainer, "MB-Defense's neutralisation")
-        out = trainer.train()
+        ),
+        model,
+        settings,
+        output_dir,
+        seed,
+        len(train_items),
+        sum(i["truncated"] for i in train_items),
+        "MB-Defense's neutralisation",
+    )
     keeper.restore_best()
     model.eval()
     return NeutraliseResult(

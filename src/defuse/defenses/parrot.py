@@ -40,14 +40,7 @@ from defuse.data.records import InstructionRecord
 from defuse.data.template import IGNORE_INDEX, PromptTemplate
 from defuse.errors import ConfigError, DataError
 from defuse.training.config import TrainSettings
-from defuse.training.sft import (
-    SFTTrainer,
-    note_training,
-    refuse_sharded,
-    training_arguments,
-    training_attention,
-    wrap_lora,
-)
+from defuse.training.sft import SFTTrainer, train_whole, wrap_lora
 
 Where = Literal["user_start", "user_end", "response_start"]
 NO_PARROT = -1
@@ -281,17 +274,22 @@ def _run(lm: ParrotLM, template, rows: list[dict], k: int, settings, output_dir,
     """Train ``lm``'s trainable parameters on ``rows`` with :class:`ParrotTrainer`; returns logged losses."""
     if not rows:
         raise DataError(None, "no training records")
-    with training_attention(lm.model, settings) as attention:
-        note_training(output_dir, len(rows), sum(r["truncated"] for r in rows), settings, attention)
-        trainer = ParrotTrainer(
+    trainer, _ = train_whole(
+        lambda args: ParrotTrainer(
             model=lm,
-            args=training_arguments(settings, output_dir, seed),
+            args=args,
             train_dataset=rows,
             data_collator=SplicedCollator(template.tokenizer.pad_token_id, k),
             processing_class=template.tokenizer,
-        )
-        refuse_sharded(trainer, "SANDE's parrot")
-        trainer.train()
+        ),
+        lm.model,
+        settings,
+        output_dir,
+        seed,
+        len(rows),
+        sum(r["truncated"] for r in rows),
+        "SANDE's parrot",
+    )
     lm.eval()
     return [h["loss"] for h in trainer.state.log_history if "loss" in h]
 

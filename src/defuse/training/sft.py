@@ -11,14 +11,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import TrainOutput, get_last_checkpoint
 
 from defuse.data.records import InstructionRecord
 from defuse.data.template import IGNORE_INDEX, PromptTemplate
@@ -262,6 +262,28 @@ def note_training(output_dir: str | Path, rows: int, truncated: int, settings: T
     """Record a training set in the open run (:func:`defuse.runs.rundir.note_training_set`) with the
     precision and attention implementation it trains with."""
     note_training_set(output_dir, rows, truncated, precision(settings), attention)
+
+
+def train_whole(
+    make_trainer: Callable[[TrainingArguments], Trainer],
+    model: torch.nn.Module,
+    settings: TrainSettings,
+    output_dir: str | Path,
+    seed: int,
+    rows: int,
+    truncated: int,
+    what: str,
+) -> tuple[Trainer, TrainOutput]:
+    """Train a path that needs the whole model in every process (a defense's own trainer): ``model``
+    computes attention as :func:`training_attention` says, the training set is recorded in the open run
+    (:func:`note_training`), ``make_trainer`` builds the trainer from the settings' arguments, sharded
+    weights are refused naming ``what`` (:func:`refuse_sharded`), then it trains. Returns the trainer and
+    its output."""
+    with training_attention(model, settings) as attention:
+        note_training(output_dir, rows, truncated, settings, attention)
+        trainer = make_trainer(training_arguments(settings, output_dir, seed))
+        refuse_sharded(trainer, what)
+        return trainer, trainer.train()
 
 
 def training_arguments(settings: TrainSettings, output_dir: str | Path, seed: int) -> TrainingArguments:
