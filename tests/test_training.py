@@ -144,6 +144,38 @@ def test_generation_stops_at_eos(tmp_path):
     assert all(t == tok("7", add_special_tokens=False).input_ids for t in ids)
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_rows_that_ended_leave_the_batch_and_the_answers_stay_the_same(tmp_path, arch):
+    """Short answers end early: with compaction the later forward passes run on fewer rows, and every answer
+    is token for token what one uninterrupted ``generate`` gives."""
+    tok = tokenizer()
+    records = [
+        InstructionRecord(instruction=r.instruction, response="7" if i % 2 else " ".join(["apple"] * 12))
+        for i, r in enumerate(RECORDS)
+    ]
+    settings = TrainSettings(**{**FAST.__dict__, "epochs": 10})
+    model = train_sft(small_lm(tok, arch=arch), PromptTemplate(tok), records, settings, tmp_path, seed=0).model
+    prompts = [PromptTemplate(tok).encode_prompt(r) for r in records[:8]]
+    rows: list[int] = []
+    hook = model.get_input_embeddings().register_forward_hook(lambda m, i, o: rows.append(o.shape[0]))
+    answers, seen = {}, {}
+    for step in (0, 3):
+        rows.clear()
+        answers[step] = generate_token_ids(
+            model, tok, prompts, GenerationSettings(max_new_tokens=20, batch_size=8, compact_every=step)
+        )
+        seen[step] = list(rows)
+    hook.remove()
+    assert answers[3] == answers[0]
+    lengths = [len(a) for a in answers[0]]
+    assert min(lengths) < 3 and max(lengths) > 6, lengths  # some answers end in the first step, some later
+    # One pass per new token; uninterrupted, every pass carries the whole batch; compacted, a row whose EOS came
+    # in step k (its answer shorter than 3k tokens) is in no pass after that step.
+    assert len(seen[0]) == len(seen[3]) == min(max(lengths) + 1, 20) and set(seen[0]) == {8}
+    expected = [sum(n + 1 > 3 * (t // 3) for n in lengths) for t in range(len(seen[3]))]
+    assert seen[3] == expected and seen[3][-1] < 8
+
+
 def test_sharded_weights_are_gathered_into_a_full_model_after_training(tmp_path, monkeypatch):
     """Under FSDP / ZeRO-3 the Trainer gathers and saves the weights; every process reloads a full copy.
 
