@@ -154,7 +154,8 @@ def test_rows_that_ended_leave_the_batch_and_the_answers_stay_the_same(tmp_path,
         for i, r in enumerate(RECORDS)
     ]
     settings = TrainSettings(**{**FAST.__dict__, "epochs": 10})
-    model = train_sft(small_lm(tok, arch=arch), PromptTemplate(tok), records, settings, tmp_path, seed=0).model
+    model = small_lm(tok, arch=arch)
+    model = train_sft(model, PromptTemplate(tok), records, settings, tmp_path, seed=0).model
     prompts = [PromptTemplate(tok).encode_prompt(r) for r in records[:8]]
     rows: list[int] = []
     hook = model.get_input_embeddings().register_forward_hook(lambda m, i, o: rows.append(o.shape[0]))
@@ -169,8 +170,8 @@ def test_rows_that_ended_leave_the_batch_and_the_answers_stay_the_same(tmp_path,
     assert answers[3] == answers[0]
     lengths = [len(a) for a in answers[0]]
     assert min(lengths) < 3 and max(lengths) > 6, lengths  # some answers end in the first step, some later
-    # One pass per new token; uninterrupted, every pass carries the whole batch; compacted, a row whose EOS came
-    # in step k (its answer shorter than 3k tokens) is in no pass after that step.
+    # One pass per new token; uninterrupted, every pass carries the whole batch; compacted, a row whose EOS
+    # came in step k (its answer shorter than 3k tokens) is in no pass after that step.
     assert len(seen[0]) == len(seen[3]) == min(max(lengths) + 1, 20) and set(seen[0]) == {8}
     expected = [sum(n + 1 > 3 * (t // 3) for n in lengths) for t in range(len(seen[3]))]
     assert seen[3] == expected and seen[3][-1] < 8

@@ -138,7 +138,9 @@ def _generate_batch(model, ids, mask, config: GenerationConfig, step: int) -> li
     while True:
         chunk = copy.copy(config)
         chunk.max_new_tokens, chunk.return_dict_in_generate = min(step, total - done), True
-        out = model.generate(input_ids=ids, attention_mask=mask, past_key_values=cache, generation_config=chunk)
+        out = model.generate(
+            input_ids=ids, attention_mask=mask, past_key_values=cache, generation_config=chunk
+        )
         seqs, cache = out.sequences, out.past_key_values
         done += seqs.shape[1] - ids.shape[1]
         new = seqs[:, width:].tolist()
