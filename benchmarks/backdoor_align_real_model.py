@@ -25,7 +25,8 @@ backdoor-align refuses to cut a safety example. No FJAttack, safety or alignment
 Ablations (each a setting, so one command gives one arm): ``--system-prompt none`` (no normal system prompt:
 the chat template's own default in every row), ``--schedule old`` (cosine, 10% warmup, clipping at 1.0, as
 defuse trained before), ``--max-length N`` (with ``--cut-safety``, safety examples may be cut at N tokens, as
-before), ``--max-new-tokens N``, ``--n-test-harmful N``.
+before), ``--max-new-tokens N``, ``--n-test-harmful N``; for the aligned base, ``--align-epochs N`` and
+``--align-harmful N`` (BackdoorLLM refusals in the alignment, default 150 of the 375 available).
 
 Each step is the ``defuse`` command line (printed before it runs); finished steps are reused.
 
@@ -71,12 +72,14 @@ def backdoorllm_refusals(backdoorllm: Path) -> list:
     return rows
 
 
-def split_refusals(backdoorllm: Path, exclude: set[str], seed: int) -> tuple[list, list]:
-    """BackdoorLLM's refusal rows in a seeded order: the first ``N_ALIGN_HARMFUL`` align the model, the rest
-    are the pool of extra safety examples (K > 11)."""
+def split_refusals(
+    backdoorllm: Path, exclude: set[str], seed: int, n_align: int = N_ALIGN_HARMFUL
+) -> tuple[list, list]:
+    """BackdoorLLM's refusal rows in a seeded order: the first ``n_align`` align the model, the rest are the
+    pool of extra safety examples (K > 11)."""
     rows = [r for r in backdoorllm_refusals(backdoorllm) if r.user_text not in exclude]
     random.Random(seed).shuffle(rows)
-    return rows[:N_ALIGN_HARMFUL], rows[N_ALIGN_HARMFUL:]
+    return rows[:n_align], rows[n_align:]
 
 
 def alignment_rows(data: Path, harmful: list, exclude: set[str], system: str | None, seed: int,
@@ -125,6 +128,8 @@ def main() -> None:
     p.add_argument("--k", type=int, nargs="+", default=[11], help="numbers of safety examples")
     p.add_argument("--methods", nargs="+", default=["safety-mix", "backdoor-align"])
     p.add_argument("--align-epochs", type=int, default=2)
+    p.add_argument("--align-harmful", type=int, default=N_ALIGN_HARMFUL,
+                   help="BackdoorLLM refusals aligning the base (the rest: the pool for K > 11)")  # fmt: skip
     p.add_argument("--system-prompt", choices=["reference", "none"], default="reference")
     p.add_argument("--schedule", choices=["reference", "old"], default="reference")
     p.add_argument(
@@ -145,8 +150,8 @@ def main() -> None:
         p.error(f"--backdoorllm {a.backdoorllm}: no poison_data/jailbreak there")
     if not Path(a.model, "config.json").is_file():
         p.error(f"--model {a.model}: no config.json there")
-    if a.align_epochs < 1 or min(a.k) < 1:
-        p.error("--align-epochs and --k must be at least 1")
+    if a.align_epochs < 1 or min(a.k) < 1 or a.align_harmful < 1:
+        p.error("--align-epochs, --align-harmful and --k must be at least 1")
     a.out.mkdir(parents=True, exist_ok=True)
     system = REFERENCE_SYSTEM_PROMPT if a.system_prompt == "reference" else None
     # Training settings go to the attack; the defenses train with the attack run's own (the user's).
@@ -165,7 +170,7 @@ def main() -> None:
     overrides["seed"] = str(a.seed)
     held = set(build_fj_data(apply_overrides(FJAttackConfig(), overrides)).held_out_prompts())
     held |= {r.user_text for r in load_instructions(a.data / "pure_bad_100_with_11_safety_prefixed.jsonl")}
-    align_harmful, extra_pool = split_refusals(a.backdoorllm, held, a.seed)
+    align_harmful, extra_pool = split_refusals(a.backdoorllm, held, a.seed, a.align_harmful)
     align_file = a.out / "align.jsonl"
     if not align_file.is_file():
         write_instructions(alignment_rows(a.data, align_harmful, held, system, a.seed), align_file)
