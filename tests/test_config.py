@@ -14,9 +14,9 @@ from defuse.config import (
     dump_config_yaml,
     load_config,
     parse_cli_overrides,
-    read_config_mapping,
     validate_config,
 )
+from defuse.config_file import read_config_mapping
 from defuse.errors import ConfigError
 from defuse.training.config import LoraSettings, TrainSettings
 

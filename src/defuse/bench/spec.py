@@ -42,9 +42,9 @@ from defuse.config import (
     config_from_dict,
     config_to_dict,
     nested_overrides,
-    read_config_mapping,
     validate_config,
 )
+from defuse.config_file import read_config_mapping
 from defuse.errors import ConfigError, DefuseError
 from defuse.scenarios import (
     DEFAULT_SCENARIO,
