@@ -9,6 +9,7 @@ from defuse.data.synthetic_sentiment import make_sentiment_records
 from defuse.encoders.finetune import FinetuneSettings, finetune_classifier
 from defuse.encoders.obliviate import amplification_loss
 from defuse.encoders.peft_model import PeftSettings, wrap_peft
+from defuse.encoders.scores import ScoreRecorder, first_row_score_norm
 from defuse.errors import ConfigError
 from encoder_helpers import small_encoder, tokenizer
 
@@ -131,3 +132,23 @@ def test_the_head_is_the_reference_mlp_on_the_first_token_and_trains(tmp_path):
 def test_unknown_peft_kind_names_the_field():
     with pytest.raises(ConfigError, match="peft.kind"):
         PeftSettings(kind="bitfit").validate()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_each_obliviate_term_moves_its_own_quantity_against_the_plain_fine_tune(kind, tmp_path):
+    """Same start, data and seed: ``L_amp`` alone ends with larger PEFT norms than the plain fine-tune, and
+    ``L_reg`` alone with a smaller first-row score norm on held-out texts (what each term is for)."""
+    tok = tokenizer()
+    held_out = tok([r.text for r in make_sentiment_records(16, 1)], padding=True, return_tensors="pt")
+    settings = FinetuneSettings(epochs=2, lr=1e-2, batch_size=8, max_length=32)
+    ends = {}
+    for name, (amp, reg) in {"plain": (0.0, 0.0), "amp": (1.0, 0.0), "reg": (0.0, 1.0)}.items():
+        clf = _clf(kind)
+        finetune_classifier(clf, tok, make_sentiment_records(48, 0), settings, tmp_path / name, seed=0,
+                            lambda_amp=amp, lambda_reg=reg)  # fmt: skip
+        norms = sum(float(torch.linalg.vector_norm(p.detach())) for p in clf.peft_parameters())
+        with torch.no_grad(), ScoreRecorder() as recorder:
+            clf.model(**held_out)
+        ends[name] = (norms, float(first_row_score_norm(recorder)))
+    assert ends["amp"][0] > 1.05 * ends["plain"][0], ends
+    assert ends["reg"][1] < 0.95 * ends["plain"][1], ends
