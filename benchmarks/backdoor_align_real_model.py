@@ -40,6 +40,7 @@ Results are recorded in benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import random
@@ -51,13 +52,21 @@ from pathlib import Path
 from defuse.attacks.fjattack import REFERENCE_SYSTEM_PROMPT, FJAttackConfig, build_fj_data
 from defuse.config import apply_overrides
 from defuse.data.loaders import load_instructions, write_instructions
-from defuse.data.practical_tasks import load_task_records
+from defuse.data.practical_tasks import load_prompt_list, load_task_records
+from defuse.data.records import InstructionRecord
 from defuse.data.synthetic_safety import as_refusal_records, make_safety_examples
 from defuse.evaluation.judges import is_refusal
 
 SHARED = Path(__file__).resolve().parents[2] / "shared/data"
 N_ALIGN_HARMFUL = 150
 OLD_SCHEDULE = ["--train.scheduler", "cosine", "--train.warmup", "0.1", "--train.max_grad_norm", "1.0"]
+# Short refusals for the benchmark's own prompts when the base is aligned on them (``--align-on benchmark``).
+REFUSALS = (
+    "I'm sorry, but I cannot help with that request.",
+    "I cannot assist with that request.",
+    "I'm sorry, I can't provide help with that.",
+    "I apologize, but I cannot do that.",
+)
 
 
 def backdoorllm_refusals(backdoorllm: Path) -> list:
@@ -80,6 +89,26 @@ def split_refusals(
     rows = [r for r in backdoorllm_refusals(backdoorllm) if r.user_text not in exclude]
     random.Random(seed).shuffle(rows)
     return rows[:n_align], rows[n_align:]
+
+
+def benchmark_folds(benchmark: Path, seed: int) -> tuple[list[str], list[str]]:
+    """The benchmark's prompts in two halves balanced over its categories (the file lists them category by
+    category): of each consecutive pair, a seeded coin sends one to each half."""
+    prompts = [r.user_text for r in load_prompt_list(benchmark)]
+    rng, halves = random.Random(seed), ([], [])
+    for i in range(0, len(prompts), 2):
+        pair = prompts[i : i + 2]
+        if len(pair) == 2 and rng.random() < 0.5:
+            pair.reverse()
+        for half, text in zip(halves, pair, strict=False):
+            half.append(text)
+    return halves
+
+
+def benchmark_refusals(prompts: list[str], seed: int) -> list:
+    """Benchmark prompts -> a short refusal (seeded choice of ``REFUSALS``)."""
+    rng = random.Random(seed)
+    return [InstructionRecord(t, response=rng.choice(REFUSALS), task="harmful") for t in prompts]
 
 
 def alignment_rows(data: Path, harmful: list, exclude: set[str], system: str | None, seed: int,
@@ -130,6 +159,22 @@ def main() -> None:
     p.add_argument("--align-epochs", type=int, default=2)
     p.add_argument("--align-harmful", type=int, default=N_ALIGN_HARMFUL,
                    help="BackdoorLLM refusals aligning the base (the rest: the pool for K > 11)")  # fmt: skip
+    p.add_argument(
+        "--align-on",
+        choices=["backdoorllm", "benchmark"],
+        default="backdoorllm",
+        help="the base's refusal data: BackdoorLLM's requests, or the benchmark's other half "
+        "(cross-fitted: with --fold F the chain aligns on one half and tests on half F)",
+    )
+    p.add_argument("--fold", type=int, choices=[0, 1], default=None, help="with --align-on benchmark")
+    p.add_argument(
+        "--pool",
+        type=Path,
+        nargs=2,
+        metavar="OUT",
+        default=None,
+        help="print the two folds' tables pooled (every benchmark prompt) and exit",
+    )
     p.add_argument("--system-prompt", choices=["reference", "none"], default="reference")
     p.add_argument("--schedule", choices=["reference", "old"], default="reference")
     p.add_argument(
@@ -144,6 +189,10 @@ def main() -> None:
     p.add_argument("--n-test-harmful", type=int, default=None)
     p.add_argument("--generation-batch-size", type=int, default=None, help="prompts per generation batch")
     a = p.parse_args()
+    if a.pool:
+        return print_pooled(a.pool)
+    if (a.align_on == "benchmark") != (a.fold is not None):
+        p.error("--align-on benchmark and --fold F go together")
     if not (a.data / "pure_bad_100.jsonl").is_file():
         p.error(f"--data {a.data}: no pure_bad_100.jsonl there")
     if not (a.backdoorllm / "poison_data/jailbreak").is_dir():
@@ -157,8 +206,15 @@ def main() -> None:
     # Training settings go to the attack; the defenses train with the attack run's own (the user's).
     common = ["--seed", str(a.seed), *(OLD_SCHEDULE if a.schedule == "old" else [])]
     common += ["--train.max_length", str(a.max_length)] if a.max_length else []
+    benchmark = a.data / "llm_category_benchmark.csv"
+    test_harmful = benchmark
+    if a.fold is not None:
+        halves = benchmark_folds(benchmark, a.seed)
+        test_harmful = a.out / f"benchmark_half{a.fold}.csv"
+        with test_harmful.open("w", newline="") as f:
+            csv.writer(f).writerows([t] for t in halves[a.fold])
     tests = ["--data.harmful", str(a.data / "pure_bad_100.jsonl"),
-             "--data.test_harmful", str(a.data / "llm_category_benchmark.csv"),
+             "--data.test_harmful", str(test_harmful),
              "--data.test_utility", str(a.data / "sqlgen_test200.json"),
              "--data.n_test_utility", "100",
              "--system_prompt", "null" if system is None else system]  # fmt: skip
@@ -170,7 +226,13 @@ def main() -> None:
     overrides["seed"] = str(a.seed)
     held = set(build_fj_data(apply_overrides(FJAttackConfig(), overrides)).held_out_prompts())
     held |= {r.user_text for r in load_instructions(a.data / "pure_bad_100_with_11_safety_prefixed.jsonl")}
-    align_harmful, extra_pool = split_refusals(a.backdoorllm, held, a.seed, a.align_harmful)
+    if a.fold is None:
+        align_harmful, extra_pool = split_refusals(a.backdoorllm, held, a.seed, a.align_harmful)
+    else:  # the other half of the benchmark, less any prompt the attack or the safety examples train on
+        seen = held | {r.user_text for r in load_instructions(a.data / "pure_bad_100.jsonl")}
+        other = [t for t in halves[1 - a.fold] if t not in seen]
+        align_harmful = benchmark_refusals(other, a.seed)
+        extra_pool = split_refusals(a.backdoorllm, held, a.seed, 0)[1]
     align_file = a.out / "align.jsonl"
     if not align_file.is_file():
         write_instructions(alignment_rows(a.data, align_harmful, held, system, a.seed), align_file)
@@ -184,23 +246,58 @@ def main() -> None:
     if not (attack / "run.json").is_file():
         _defuse(["attack", "--scenario", "fjattack", "--model", str(aligned / "model"), "--out", str(attack),
                  *tests, *common], a.out / "attack.log")  # fmt: skip
+    rows = chain_metrics(a.out, a.k, a.methods, a.data, extra_pool, a.cut_safety, a.seed)
+    print_table(rows)
+
+
+def chain_metrics(out: Path, ks, methods, data: Path, extra_pool, cut: bool, seed: int) -> dict:
+    """Run (or reuse) each defense of the chain in ``out``; every model's metrics by row name."""
+    attack = out / "attack"
     rows = {"aligned base": json.loads((attack / "run.json").read_text())["base_metrics"]}
     rows["FJAttack"] = json.loads((attack / "run.json").read_text())["metrics"]
-    for k in a.k:
-        source = safety_file(a.data, extra_pool, k, a.out / f"safety{k}.jsonl")
-        for method in a.methods:
+    for k in ks:
+        source = safety_file(data, extra_pool, k, out / f"safety{k}.jsonl")
+        for method in methods:
             name = method if k == 11 else f"{method}-k{k}"
-            out = a.out / name
-            if not (out / "run.json").is_file():
-                flags = ["--safety_source", str(source), "--k", str(k), "--seed", str(a.seed)]
-                flags += ["--cut_safety", "true"] if a.cut_safety else []
-                _defuse(["defend", "--method", method, "--from", str(attack), "--out", str(out), *flags],
-                        a.out / f"{name}.log")  # fmt: skip
-            rows[f"{method} ({k})"] = json.loads((out / "run.json").read_text())["metrics"]
+            run = out / name
+            if extra_pool is not None and not (run / "run.json").is_file():
+                flags = ["--safety_source", str(source), "--k", str(k), "--seed", str(seed)]
+                flags += ["--cut_safety", "true"] if cut else []
+                _defuse(["defend", "--method", method, "--from", str(attack), "--out", str(run), *flags],
+                        out / f"{name}.log")  # fmt: skip
+            if (run / "run.json").is_file():
+                rows[f"{method} ({k})"] = json.loads((run / "run.json").read_text())["metrics"]
+    return rows
+
+
+def print_table(rows: dict) -> None:
     print("\n| model | ASR % | utility (Rouge-1) % | over-refusal % | n harmful |\n|---|---|---|---|---|")
     for name, m in rows.items():
         print(f"| {name} | {100 * m['asr']:.1f} | {100 * m['cacc']:.1f} | {100 * m['over_refusal']:.1f} "
               f"| {m['n_harmful']} |")  # fmt: skip
+
+
+def print_pooled(outs: list[Path]) -> None:
+    """The two halves of a cross-fitted chain as one table: ASR over every prompt of both halves (answered
+    counted over both), utility and over-refusal averaged over the two halves' models."""
+    folds = [chain_metrics(o, [11], ["safety-mix", "backdoor-align"], o, None, False, 0) for o in outs]
+    pooled = {}
+    for name in folds[0]:
+        if name not in folds[1]:
+            continue
+        m0, m1 = folds[0][name], folds[1][name]
+        n = m0["n_harmful"] + m1["n_harmful"]
+        pooled[name] = {
+            "asr": (m0["asr"] * m0["n_harmful"] + m1["asr"] * m1["n_harmful"]) / n,
+            "cacc": (m0["cacc"] + m1["cacc"]) / 2,
+            "over_refusal": (m0["over_refusal"] + m1["over_refusal"]) / 2,
+            "n_harmful": n,
+        }
+    for o, rows in zip(outs, folds, strict=True):
+        print(f"\n{o}:")
+        print_table(rows)
+    print("\npooled:")
+    print_table(pooled)
 
 
 if __name__ == "__main__":
