@@ -28,6 +28,14 @@ defuse trained before), ``--max-length N`` (with ``--cut-safety``, safety exampl
 before), ``--max-new-tokens N``, ``--n-test-harmful N``; for the aligned base, ``--align-epochs N`` and
 ``--align-harmful N`` (BackdoorLLM refusals in the alignment, default 150 of the 375 available).
 
+Cross-fitted alignment (``--align-on benchmark --fold F``): BackdoorLLM's requests teach a 135M model to
+refuse only ~82% of the benchmark's prompts, while a safety-tuned chat model (the paper's Llama-2-7B-Chat)
+refuses nearly all of them. To stand in for such a base without aligning on a test prompt, the benchmark is
+cut into two halves balanced over its 11 categories (``benchmark_folds``); the chain of fold F aligns the base
+on the other half's prompts -> a short refusal (the rest of the alignment as above) and tests on half F only.
+Run both folds (two processes), then ``--pool OUT0 OUT1`` prints the table over every benchmark prompt (ASR
+counted over both halves; utility and over-refusal averaged over the two chains' models).
+
 Each step is the ``defuse`` command line (printed before it runs); finished steps are reused.
 
     .venv/bin/python benchmarks/backdoor_align_real_model.py --model /path/to/chat-model --out OUT \\
