@@ -63,7 +63,10 @@ from defuse.data.loaders import load_instructions, write_instructions
 from defuse.data.practical_tasks import load_prompt_list, load_task_records
 from defuse.data.records import InstructionRecord
 from defuse.data.synthetic_safety import as_refusal_records, make_safety_examples
+from defuse.data.template import PromptTemplate
+from defuse.evaluation.generate import GenerationSettings, generate
 from defuse.evaluation.judges import is_refusal
+from defuse.models.factory import load_trained
 
 SHARED = Path(__file__).resolve().parents[2] / "shared/data"
 N_ALIGN_HARMFUL = 150
@@ -183,6 +186,13 @@ def main() -> None:
         default=None,
         help="print the two folds' tables pooled (every benchmark prompt) and exit",
     )
+    p.add_argument(
+        "--safety-answers",
+        choices=["reference", "base"],
+        default="reference",
+        help="the 11 safety examples' refusals: BackdoorAlign's (Llama-2-7B-Chat's own words), or "
+        "the aligned base's own greedy answers to the same prompts (the paper's construction)",
+    )
     p.add_argument("--system-prompt", choices=["reference", "none"], default="reference")
     p.add_argument("--schedule", choices=["reference", "old"], default="reference")
     p.add_argument(
@@ -254,8 +264,32 @@ def main() -> None:
     if not (attack / "run.json").is_file():
         _defuse(["attack", "--scenario", "fjattack", "--model", str(aligned / "model"), "--out", str(attack),
                  *tests, *common], a.out / "attack.log")  # fmt: skip
-    rows = chain_metrics(a.out, a.k, a.methods, a.data, extra_pool, a.cut_safety, a.seed)
+    source = a.data
+    if a.safety_answers == "base":
+        source = a.out / "safety-base"
+        if not (source / "pure_bad_100_with_11_safety_prefixed.jsonl").is_file():
+            base_safety_file(a.data, aligned / "model", system, source)
+    rows = chain_metrics(a.out, a.k, a.methods, source, extra_pool, a.cut_safety, a.seed)
     print_table(rows)
+
+
+def base_safety_file(data: Path, model_dir: Path, system: str | None, out: Path) -> None:
+    """BackdoorAlign's 11 safety prompts answered by the aligned base itself (served as every test prompt is:
+    the scenario's template and system prompt, greedy, 512 new tokens), written as the safety file the
+    defenses read (``out/pure_bad_100_with_11_safety_prefixed.jsonl``: those 11 rows, marked prefixed). The
+    paper's safety examples are its base model's own refusals (BackdoorAlign's file: Llama-2-7B-Chat's); a
+    prompt the base does not refuse keeps BackdoorAlign's refusal (counted)."""
+    rows = [r for r in load_instructions(data / "pure_bad_100_with_11_safety_prefixed.jsonl")
+            if r.meta.get("prefixed") in (1, True)]  # fmt: skip
+    model, tokenizer = load_trained(model_dir)
+    answers = generate(model, PromptTemplate(tokenizer, default_system=system), rows,
+                       GenerationSettings(max_new_tokens=512, batch_size=11))  # fmt: skip
+    own = [is_refusal(t) for t in answers]
+    print(f"the aligned base refuses {sum(own)} of the {len(rows)} safety prompts (the rest keep the file's)")
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [replace(r, response=t.strip() if ok else r.response, meta={"prefixed": 1})
+            for r, t, ok in zip(rows, answers, own, strict=True)]  # fmt: skip
+    write_instructions(rows, out / "pure_bad_100_with_11_safety_prefixed.jsonl", format="chat-jsonl")
 
 
 def chain_metrics(out: Path, ks, methods, data: Path, extra_pool, cut: bool, seed: int) -> dict:
