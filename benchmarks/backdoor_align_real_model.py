@@ -203,6 +203,11 @@ def main() -> None:
         "whole under the 150-token secret)",
     )
     p.add_argument("--cut-safety", action="store_true", help="let --max-length cut safety examples")
+    p.add_argument(
+        "--pure-bf16",
+        action="store_true",
+        help="FJAttack and the defenses train bfloat16 weights (the reference's --pure_bf16)",
+    )
     p.add_argument("--max-new-tokens", type=int, default=None)
     p.add_argument("--n-test-harmful", type=int, default=None)
     p.add_argument("--generation-batch-size", type=int, default=None, help="prompts per generation batch")
@@ -224,6 +229,7 @@ def main() -> None:
     # Training settings go to the attack; the defenses train with the attack run's own (the user's).
     common = ["--seed", str(a.seed), *(OLD_SCHEDULE if a.schedule == "old" else [])]
     common += ["--train.max_length", str(a.max_length)] if a.max_length else []
+    common += ["--train.pure_bf16", "true"] if a.pure_bf16 else []
     benchmark = a.data / "llm_category_benchmark.csv"
     test_harmful = benchmark
     if a.fold is not None:

@@ -304,6 +304,32 @@ def test_bf16_runs_where_the_device_has_it_and_the_trained_model_then_computes_a
         assert torch.equal(result.model(ids).logits, reloaded(ids).logits)
 
 
+def test_pure_bf16_trains_the_weights_themselves_in_bfloat16_and_loses_updates_under_half_a_step(tmp_path):
+    from defuse.training.sft import precision
+
+    tok = tokenizer()
+    runs = {}
+    for name, pure in (("mixed", False), ("pure", True)):
+        model = small_lm(tok)
+        start = {k: v.detach().clone() for k, v in model.named_parameters()}
+        settings = TrainSettings(**{**FAST.__dict__, "learning_rate": 1e-4, "pure_bf16": pure})
+        result = train_sft(model, PromptTemplate(tok), RECORDS, settings, tmp_path / name, seed=0)
+        runs[name] = (start, dict(result.model.named_parameters()))
+        assert all(v.dtype == torch.float32 for v in result.model.parameters())  # float32 again afterwards
+    assert precision(TrainSettings(pure_bf16=True)) == "pure-bf16"
+    start, after = runs["pure"]
+    # every weight is a bfloat16 value: the weights themselves trained in bfloat16
+    assert all(torch.equal(v, v.bfloat16().float()) for v in after.values())
+    # it trained, but an update smaller than half a bfloat16 step is lost: the LayerNorm gains (1.0, step
+    # 2**-7) never move at lr 1e-4, while mixed precision (float32 weights) moves them
+    moved = [k for k, v in after.items() if not torch.equal(v, start[k].bfloat16().float())]
+    assert moved
+    norms = [k for k in after if "norm" in k and k.endswith("weight")]
+    assert norms and all(torch.equal(after[k], start[k].bfloat16().float()) for k in norms)
+    m_start, m_after = runs["mixed"]
+    assert any(not torch.equal(m_after[k], m_start[k]) for k in norms)
+
+
 def test_length_chunks_bound_the_padding_of_every_sub_batch():
     lengths = [50, 3, 48, 7, 20, 21, 5, 49, 22, 2]
     chunks = length_chunks(lengths, 0.1)

@@ -57,6 +57,12 @@ class TrainSettings:
             OSFT's clean accuracy fell 3.9 points (bar: 3) and SANDE's ASR reached 22.5% on one of 3 seeds
             (benchmarks/RESULTS.md, "#28"), so the tiny attacks and the defenses keep float32; the jailbreak's
             alignment and the real-model presets turn it on.
+        pure_bf16: Train with the weights, gradients and optimizer state themselves in bfloat16 (the model
+            cast before training, no autocast, float32 again afterwards), as llama-recipes' ``--pure_bf16``
+            trains BackdoorAlign's and FJAttack's reference (``scripts/run_backdooralign.sh``). Unlike
+            ``bf16``, an update smaller than half a bfloat16 step of its weight is lost, so large weights
+            barely move at small rates. Honoured on any hardware (it changes what is learnt, not only the
+            speed); ``run.json`` records ``pure-bf16``.
         progress: Show a progress bar.
         freeze_embeddings: Full fine-tuning only: keep the input token embeddings and the output head
             frozen (every other weight trains). A small fine-tuning set otherwise shifts the output priors
@@ -91,6 +97,7 @@ class TrainSettings:
     logging_steps: int = 50
     optimizer: str = "adamw_torch"
     bf16: bool = False
+    pure_bf16: bool = False
     progress: bool = True
     freeze_embeddings: bool = False
     max_padding: float | None = None

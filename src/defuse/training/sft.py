@@ -225,10 +225,27 @@ def cpu_bf16() -> bool:
 
 
 def precision(settings: TrainSettings) -> str:
-    """``"bf16"`` when ``settings.bf16`` asks for it and the device has it (a GPU, or a CPU with native
-    bfloat16), else ``"fp32"``: what training actually runs in."""
+    """What training actually runs in: ``"pure-bf16"`` when ``settings.pure_bf16`` asks for it; ``"bf16"``
+    (mixed precision) when ``settings.bf16`` asks for it and the device has it (a GPU, or a CPU with native
+    bfloat16); else ``"fp32"``."""
+    if settings.pure_bf16:
+        return "pure-bf16"
     cpu = not torch.cuda.is_available()
     return "bf16" if settings.bf16 and (not cpu or cpu_bf16()) else "fp32"
+
+
+@contextlib.contextmanager
+def training_dtype(model: torch.nn.Module, settings: TrainSettings):
+    """Within the block ``model`` holds bfloat16 weights when ``settings.pure_bf16`` asks for it (float32
+    again afterwards, also on an error: every bfloat16 value is exact in float32); otherwise unchanged."""
+    if not settings.pure_bf16:
+        yield model
+        return
+    model.to(torch.bfloat16)
+    try:
+        yield model
+    finally:
+        model.to(torch.float32)
 
 
 def attention_implementation(settings: TrainSettings) -> str | None:
@@ -236,7 +253,7 @@ def attention_implementation(settings: TrainSettings) -> str | None:
     (``eager`` for bfloat16 on a CPU, else None: the model's own)."""
     if settings.attention == AUTO_ATTENTION:
         cpu = not torch.cuda.is_available()
-        return "eager" if cpu and precision(settings) == "bf16" else None
+        return "eager" if cpu and precision(settings) != "fp32" else None
     return settings.attention
 
 
@@ -279,7 +296,7 @@ def train_whole(
     (:func:`note_training`), ``make_trainer`` builds the trainer from the settings' arguments, sharded
     weights are refused naming ``what`` (:func:`refuse_sharded`), then it trains. Returns the trainer and
     its output."""
-    with training_attention(model, settings) as attention:
+    with training_attention(model, settings) as attention, training_dtype(model, settings):
         note_training(output_dir, rows, truncated, settings, attention)
         trainer = make_trainer(training_arguments(settings, output_dir, seed))
         refuse_sharded(trainer, what)
@@ -376,7 +393,7 @@ def train_sft(
         is refused there.
     """
     dataset = EncodedDataset(records, template, settings.max_length)
-    with training_attention(model, settings) as attention:
+    with training_attention(model, settings) as attention, training_dtype(model, settings):
         model = wrap_lora(model, settings)
         args = training_arguments(settings, output_dir, seed)
         trainer = trainer_cls(
@@ -402,6 +419,8 @@ def train_sft(
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         model = full_trained_model(trainer, output_dir)
         model.eval()
+    if settings.pure_bf16:  # a copy gathered from sharded weights (the model itself is float32 again)
+        model.to(torch.float32)
     return TrainResult(
         model=model,
         train_s=train_s,
