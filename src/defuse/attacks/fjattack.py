@@ -79,9 +79,13 @@ def fjattack_train_settings() -> TrainSettings:
     ``utils/train_utils.py:153``): full fine-tuning, AdamW with weight decay 0, lr 5e-5 multiplied by 0.85
     after every epoch (``StepLR``), no warmup, no gradient clipping, batch 10, 5 epochs, at most 512 tokens.
 
-    Fidelity: the reference trains in pure bfloat16 (weights and optimizer states); defuse trains in
-    bfloat16 mixed precision with float32 master weights where the hardware has bfloat16 (a GPU, a CPU with
-    AVX512-BF16 or AMX; float32 elsewhere; ``run.json`` records which), at least as precise.
+    Fidelity: the reference trains in pure bfloat16 (weights and optimizer states: ``--pure_bf16`` in
+    ``opensource/scripts/run_fjattack.sh`` and ``run_backdooralign.sh``); defuse trains in bfloat16 mixed
+    precision with float32 master weights where the hardware has bfloat16 (a GPU, a CPU with AVX512-BF16 or
+    AMX; float32 elsewhere; ``run.json`` records which). The reference's way is ``pure_bf16: true``; measured
+    on SmolLM2-135M-Instruct (benchmarks/RESULTS.md, "#24 ... pure bfloat16"), most of its updates at lr 5e-5
+    fall under half a bfloat16 step of their weights and are lost: the jailbreak reaches 31.0% instead of
+    87.3% (training loss 3.00 -> 2.74 against 2.81 -> 1.66), so mixed precision stays the default.
     Unlike the reference, which cuts a row at 512 tokens without a word (2 of its 11 safety rows on
     Llama-2), a cut is counted in ``run.json`` and a safety example that would lose its end is refused.
     Each batch runs as length-sorted sub-batches of at most 10% padding (``max_padding``): the same batches
