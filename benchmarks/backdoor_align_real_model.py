@@ -26,7 +26,9 @@ Ablations (each a setting, so one command gives one arm): ``--system-prompt none
 the chat template's own default in every row), ``--schedule old`` (cosine, 10% warmup, clipping at 1.0, as
 defuse trained before), ``--max-length N`` (with ``--cut-safety``, safety examples may be cut at N tokens, as
 before), ``--max-new-tokens N``, ``--n-test-harmful N``; for the aligned base, ``--align-epochs N`` and
-``--align-harmful N`` (BackdoorLLM refusals in the alignment, default 150 of the 375 available).
+``--align-harmful N`` (BackdoorLLM refusals in the alignment, default 150 of the 375 available);
+``--safety-answers base`` (the 11 safety prompts answered by the aligned base itself, as the paper's examples
+are its base model's own refusals); ``--pure-bf16`` (the reference's precision, ``train.pure_bf16``).
 
 Cross-fitted alignment (``--align-on benchmark --fold F``): BackdoorLLM's requests teach a 135M model to
 refuse only ~82% of the benchmark's prompts, while a safety-tuned chat model (the paper's Llama-2-7B-Chat)
