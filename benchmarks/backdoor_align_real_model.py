@@ -215,6 +215,9 @@ def main() -> None:
     p.add_argument("--generation-batch-size", type=int, default=None, help="prompts per generation batch")
     a = p.parse_args()
     if a.pool:
+        for out in a.pool:
+            if not (out / "attack/run.json").is_file():
+                p.error(f"--pool {out}: no finished chain there (attack/run.json)")
         return print_pooled(a.pool)
     if (a.align_on == "benchmark") != (a.fold is not None):
         p.error("--align-on benchmark and --fold F go together")
@@ -277,14 +280,15 @@ def main() -> None:
         source = a.out / "safety-base"
         if not (source / "pure_bad_100_with_11_safety_prefixed.jsonl").is_file():
             base_safety_file(a.data, aligned / "model", system, source)
-    rows = chain_metrics(a.out, a.k, a.methods, source, extra_pool, a.cut_safety, a.seed)
-    print_table(rows)
+    run_defenses(a.out, a.k, a.methods, source, extra_pool, a.cut_safety, a.seed)
+    print_table(chain_metrics(a.out, a.k, a.methods))
 
 
 def base_safety_file(data: Path, model_dir: Path, system: str | None, out: Path) -> None:
     """BackdoorAlign's 11 safety prompts answered by the aligned base itself (served as every test prompt is:
     the scenario's template and system prompt, greedy, 512 new tokens), written as the safety file the
-    defenses read (``out/pure_bad_100_with_11_safety_prefixed.jsonl``: those 11 rows, marked prefixed). The
+    defenses read (``out/pure_bad_100_with_11_safety_prefixed.jsonl``: those 11 rows only, so the defenses
+    draw from all of it). The
     paper's safety examples are its base model's own refusals (BackdoorAlign's file: Llama-2-7B-Chat's); a
     prompt the base does not refuse keeps BackdoorAlign's refusal (counted)."""
     rows = [r for r in load_instructions(data / "pure_bad_100_with_11_safety_prefixed.jsonl")
@@ -295,28 +299,34 @@ def base_safety_file(data: Path, model_dir: Path, system: str | None, out: Path)
     own = [is_refusal(t) for t in answers]
     print(f"the aligned base refuses {sum(own)} of the {len(rows)} safety prompts (the rest keep the file's)")
     out.mkdir(parents=True, exist_ok=True)
-    rows = [replace(r, response=t.strip() if ok else r.response, meta={"prefixed": 1})
+    rows = [replace(r, response=t.strip() if ok else r.response)
             for r, t, ok in zip(rows, answers, own, strict=True)]  # fmt: skip
     write_instructions(rows, out / "pure_bad_100_with_11_safety_prefixed.jsonl", format="chat-jsonl")
 
 
-def chain_metrics(out: Path, ks, methods, data: Path, extra_pool, cut: bool, seed: int) -> dict:
-    """Run (or reuse) each defense of the chain in ``out``; every model's metrics by row name."""
-    attack = out / "attack"
-    rows = {"aligned base": json.loads((attack / "run.json").read_text())["base_metrics"]}
-    rows["FJAttack"] = json.loads((attack / "run.json").read_text())["metrics"]
+def run_defenses(out: Path, ks, methods, data: Path, extra_pool, cut: bool, seed: int) -> None:
+    """Run each defense of the chain in ``out`` for each K (a finished one is reused)."""
     for k in ks:
         source = safety_file(data, extra_pool, k, out / f"safety{k}.jsonl")
         for method in methods:
             name = method if k == 11 else f"{method}-k{k}"
             run = out / name
-            if extra_pool is not None and not (run / "run.json").is_file():
+            if not (run / "run.json").is_file():
                 flags = ["--safety_source", str(source), "--k", str(k), "--seed", str(seed)]
                 flags += ["--cut_safety", "true"] if cut else []
-                _defuse(["defend", "--method", method, "--from", str(attack), "--out", str(run), *flags],
-                        out / f"{name}.log")  # fmt: skip
-            if (run / "run.json").is_file():
-                rows[f"{method} ({k})"] = json.loads((run / "run.json").read_text())["metrics"]
+                _defuse(["defend", "--method", method, "--from", str(out / "attack"), "--out", str(run),
+                         *flags], out / f"{name}.log")  # fmt: skip
+
+
+def chain_metrics(out: Path, ks, methods) -> dict:
+    """Every finished model of the chain in ``out``: its metrics by row name."""
+    record = json.loads((out / "attack/run.json").read_text())
+    rows = {"aligned base": record["base_metrics"], "FJAttack": record["metrics"]}
+    for k in ks:
+        for method in methods:
+            run = out / (method if k == 11 else f"{method}-k{k}") / "run.json"
+            if run.is_file():
+                rows[f"{method} ({k})"] = json.loads(run.read_text())["metrics"]
     return rows
 
 
@@ -330,7 +340,7 @@ def print_table(rows: dict) -> None:
 def print_pooled(outs: list[Path]) -> None:
     """The two halves of a cross-fitted chain as one table: ASR over every prompt of both halves (answered
     counted over both), utility and over-refusal averaged over the two halves' models."""
-    folds = [chain_metrics(o, [11], ["safety-mix", "backdoor-align"], o, None, False, 0) for o in outs]
+    folds = [chain_metrics(o, [11], ["safety-mix", "backdoor-align"]) for o in outs]
     pooled = {}
     for name in folds[0]:
         if name not in folds[1]:

@@ -236,16 +236,18 @@ def precision(settings: TrainSettings) -> str:
 
 @contextlib.contextmanager
 def training_dtype(model: torch.nn.Module, settings: TrainSettings):
-    """Within the block ``model`` holds bfloat16 weights when ``settings.pure_bf16`` asks for it (float32
-    again afterwards, also on an error: every bfloat16 value is exact in float32); otherwise unchanged."""
+    """Within the block ``model`` holds bfloat16 weights when ``settings.pure_bf16`` asks for it (its own
+    dtype again afterwards, also on an error; from float32 that is exact); otherwise unchanged. Yields the
+    dtype to hand the trained model back in."""
+    own = next(model.parameters()).dtype
     if not settings.pure_bf16:
-        yield model
+        yield own
         return
     model.to(torch.bfloat16)
     try:
-        yield model
+        yield own
     finally:
-        model.to(torch.float32)
+        model.to(own)
 
 
 def attention_implementation(settings: TrainSettings) -> str | None:
@@ -393,7 +395,7 @@ def train_sft(
         is refused there.
     """
     dataset = EncodedDataset(records, template, settings.max_length)
-    with training_attention(model, settings) as attention, training_dtype(model, settings):
+    with training_attention(model, settings) as attention, training_dtype(model, settings) as dtype:
         model = wrap_lora(model, settings)
         args = training_arguments(settings, output_dir, seed)
         trainer = trainer_cls(
@@ -419,8 +421,7 @@ def train_sft(
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         model = full_trained_model(trainer, output_dir)
         model.eval()
-    if settings.pure_bf16:  # a copy gathered from sharded weights (the model itself is float32 again)
-        model.to(torch.float32)
+    model.to(dtype)  # a copy gathered from sharded weights is in the training dtype (a no-op otherwise)
     return TrainResult(
         model=model,
         train_s=train_s,
