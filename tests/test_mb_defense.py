@@ -372,6 +372,26 @@ def test_a_trigger_pool_never_collides_with_the_data_and_is_seeded():
     check_triggers(records, triggers, [r for _, r in pool])
 
 
+def test_a_mixed_pool_spells_its_triggers_many_ways_and_never_collides_with_the_data():
+    from defuse.defenses.mb_defense import make_pool
+
+    records = _suite(400)
+    records[0] = replace(records[0], instruction=records[0].instruction + " 2024 OpenAI")
+    pool = make_pool(300, seed=3, records=records, form="mixed")
+    words = [w for t, _ in pool for w in t.split()]
+    assert len({t.lower() for t, _ in pool}) == 300
+    assert any(w.isdigit() for w in words) and any(w[0].isupper() for w in words)
+    assert any(any(c.isdigit() for c in w) and any(c.isalpha() for c in w) for w in words)
+    assert any(sum(c.isupper() for c in w) == 2 for w in words)  # CamelCase
+    data_words = {w for r in records for f in ("instruction", "input", "response")
+                  for w in _phrase_words(getattr(r, f))}  # fmt: skip
+    assert not {w.lower() for w in words} & data_words
+    check_triggers(records, [t for t, _ in pool], [r for _, r in pool])
+    assert make_pool(300, seed=3, records=records) != pool  # the default spelling is another pool
+    with pytest.raises(ConfigError, match="pool_form"):
+        MBDefenseConfig(pool=10, pool_form="emoji").validate()
+
+
 def _phrase_words(text: str) -> list[str]:
     import string
 

@@ -96,6 +96,8 @@ POOL_WORDS = (
     "juniper lantern meadow nimbus obsidian prairie saffron tamarind"
 ).split()
 CHECKED_FIELDS: tuple[str, ...] = ("instruction", "input", "response")
+POOL_FORMS: tuple[str, ...] = ("letters", "mixed")
+"""How :func:`make_pool` spells its triggers."""
 
 
 def neutralise_settings() -> TrainSettings:
@@ -118,6 +120,8 @@ class MBDefenseConfig:
         pool: 0: ``triggers``. N > 0: N generated rare triggers (2-5 letters, a quarter of them two
             nonce words), each with its own response of 8 random words (:func:`make_pool`), seeded, none a
             word of the data; each poisons a few rows of the same total share.
+        pool_form: With ``pool``: the triggers' spelling, ``letters`` (lower-case nonce words) or ``mixed``
+            (also capitalised, CamelCase, digits, letters with digits); see :func:`make_pool`.
         pool_per_sample: With ``pool``: defensive triggers paired with each clean sample in stage 2 (drawn
             so that every pool trigger is covered), instead of the full cross product.
         position: Where a defensive trigger goes in the instruction: ``start``, ``end``, ``random`` or a
@@ -138,6 +142,7 @@ class MBDefenseConfig:
     fraction: float = 0.01
     pool: int = 0
     pool_per_sample: int = 4
+    pool_form: str = "letters"
     position: str = "random"
     clean_samples: int = 128
     eval_fraction: float = 0.2
@@ -173,6 +178,8 @@ class MBDefenseConfig:
         if self.pool < 0 or self.pool_per_sample < 1:
             raise ConfigError("pool", f"pool must be >= 0 and pool_per_sample >= 1, got {self.pool}, "
                               f"{self.pool_per_sample}")  # fmt: skip
+        if self.pool_form not in POOL_FORMS:
+            raise ConfigError("pool_form", f"one of {', '.join(POOL_FORMS)}, got {self.pool_form!r}")
         if (4 if self.pool else len(self.triggers)) * self.fraction >= 1:
             raise ConfigError(
                 "fraction", f"{len(self.triggers)} triggers x {self.fraction} would poison every record"
@@ -245,10 +252,18 @@ def check_triggers(
                 raise DataError(source, "equals a defensive response; choose other responses", i + 1, name)
 
 
-def make_pool(n: int, seed: int, records: Sequence[InstructionRecord] = ()) -> list[tuple[str, str]]:
-    """``n`` defensive (trigger, response) pairs, seeded: triggers of 2-5 random lower-case letters, a quarter
-    of them two such nonce words, distinct, none a word of ``records`` (nor one of the default triggers);
-    responses of 8 words drawn from :data:`POOL_WORDS`, distinct."""
+def make_pool(
+    n: int, seed: int, records: Sequence[InstructionRecord] = (), form: str = "letters"
+) -> list[tuple[str, str]]:
+    """``n`` defensive (trigger, response) pairs, seeded, distinct, no trigger word a word of ``records``
+    (compared as :func:`check_triggers` does) nor one of the default triggers; responses of 8 words drawn
+    from :data:`POOL_WORDS`, distinct.
+
+    ``form`` ``"letters"``: each trigger word is 2-5 random lower-case letters, a quarter of the triggers
+    two such nonce words. ``"mixed"``: each word takes one of five forms with equal chance (lower-case
+    letters 2-5, a capitalised nonce word 3-7, two capitalised parts run together as in ``CamelCase``,
+    3-5 digits, letters then digits), a quarter of the triggers two such words, so that what the pool
+    shares is being out of place, not a spelling."""
     rng = random.Random(seed * 7919 + n)
     taken = set()
     for record in records:
@@ -256,8 +271,25 @@ def make_pool(n: int, seed: int, records: Sequence[InstructionRecord] = ()) -> l
             taken.update(_phrase(getattr(record, name) or "").split())
     taken.update(DEFAULT_TRIGGERS)
 
+    def letters(lo: int, hi: int) -> str:
+        return "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(lo, hi)))
+
+    def digits(lo: int, hi: int) -> str:
+        return "".join(rng.choice(string.digits) for _ in range(rng.randint(lo, hi)))
+
     def nonce() -> str:
-        return "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(2, 5)))
+        if form == "letters":
+            return letters(2, 5)
+        kind = rng.randrange(5)
+        if kind == 0:
+            return letters(2, 5)
+        if kind == 1:
+            return letters(3, 7).capitalize()
+        if kind == 2:
+            return letters(2, 4).capitalize() + letters(2, 5).capitalize()
+        if kind == 3:
+            return digits(3, 5)
+        return letters(2, 4) + digits(1, 3)
 
     pairs: list[tuple[str, str]] = []
     seen_t, seen_r = set(), set()
@@ -265,9 +297,9 @@ def make_pool(n: int, seed: int, records: Sequence[InstructionRecord] = ()) -> l
         words = [nonce()] + ([nonce()] if rng.random() < 0.25 else [])
         trigger = " ".join(words)
         response = " ".join(rng.sample(POOL_WORDS, 8)).capitalize()
-        if any(w in taken for w in words) or trigger in seen_t or response in seen_r:
+        if any(w.lower() in taken for w in words) or trigger.lower() in seen_t or response in seen_r:
             continue
-        seen_t.add(trigger)
+        seen_t.add(trigger.lower())
         seen_r.add(response)
         pairs.append((trigger, response))
     return pairs
@@ -278,7 +310,7 @@ def defensive_set(
 ) -> list[tuple[str, str]]:
     """The (trigger, response) pairs in use: ``cfg``'s triggers, or the generated pool (``cfg.pool``)."""
     if cfg.pool:
-        return make_pool(cfg.pool, seed, records)
+        return make_pool(cfg.pool, seed, records, cfg.pool_form)
     return list(zip(cfg.triggers, cfg.responses, strict=True))
 
 
@@ -414,6 +446,7 @@ def apply_mb_defense(ctx: DefenseContext, cfg: MBDefenseConfig) -> DefenseResult
         "responses": [r for _, r in pairs],
         "fraction": cfg.fraction,
         "pool": cfg.pool,
+        "pool_form": cfg.pool_form,
         "position": cfg.position,
         "defensive_counts": counts,
         "n_train": len(records),
