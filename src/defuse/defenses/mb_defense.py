@@ -52,7 +52,10 @@ Fidelity notes (ours where the paper is silent):
   stage 1 (3 seeds). Stage 2 then took ASR from 100 to 21.5% on seed 0 but left 90-95% on seeds 1-2 (mean
   -31%; the paper's recipe: 98%), handing the prompts back to the attacker's refusal; it also turns most rows
   into defensive rows and raises clean refusals (benchmarks/RESULTS.md, "#26"). ``pool: 0`` (the default)
-  is the paper's recipe.
+  is the paper's recipe. ``pool_form: mixed`` (ours) spells the pool's triggers many ways (capitalised,
+  CamelCase, digits) so that being out of place is what they share: on ctba at λ 5 it kept stage 2 from
+  handing clean prompts to the attacker's refusal on seed 0 (FTR 4% against 39.5% with lower-case
+  triggers), but over three seeds it lowers ASR by 31% only (benchmarks/RESULTS.md, "#26").
 * Stage 2 keeps the token embeddings and output head frozen (``neutralise.freeze_embeddings``), like the
   post-training defenses: it keeps 2-3 points of clean accuracy on the tiny default at the same ASR.
 """
