@@ -32,6 +32,7 @@ from defuse.attacks.behaviours import BehaviourSpec
 from defuse.attacks.triggers import TriggerSpec, insert_trigger
 from defuse.data.records import InstructionRecord
 from defuse.data.template import PromptTemplate
+from defuse.defenses.defensive_triggers import make_pool
 from defuse.evaluation.generate import GenerationSettings, generate
 
 HEAD_WORDS = 16
@@ -167,8 +168,6 @@ class ProbeRecorder:
 
     def unseen(self) -> list[str]:
         """Eight rare one-word tokens that are neither words of the data nor defensive triggers."""
-        from defuse.defenses.mb_defense import make_pool
-
         mine = set(self.defensive or ())
         pool = make_pool(40, self.seed + 104729, self.data)
         return [t for t, _ in pool if " " not in t and t not in mine][:8]
