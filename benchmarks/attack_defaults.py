@@ -19,9 +19,9 @@ from pathlib import Path
 from common import mean_spread
 from transformers.utils import logging as hf_logging
 
-from defuse.attacks.run_attack import run_attack
 from defuse.attacks.scenario import AttackConfig
 from defuse.config import apply_overrides
+from defuse.scenarios.backdoor_attack import run_attack
 
 SCENARIOS = {
     "clean": {"rate": "0", "name": "clean"},

@@ -22,11 +22,12 @@ from pathlib import Path
 from common import mean_spread
 from transformers.utils import logging as hf_logging
 
-from defuse.attacks.fjattack import FJAttackConfig, run_fjattack
+from defuse.attacks.fjattack import FJAttackConfig
 from defuse.config import apply_overrides
 from defuse.defenses import get_defense
-from defuse.defenses.run_safety_defense import run_safety_defense
 from defuse.runs.record import read_run
+from defuse.scenarios.fjattack_attack import run_fjattack
+from defuse.scenarios.fjattack_defense import run_safety_defense
 
 DEFENSES = {"safety-mix": {}, "backdoor-align": {}}
 ABLATIONS = {

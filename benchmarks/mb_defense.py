@@ -26,12 +26,12 @@ from pathlib import Path
 from common import mean_spread
 from transformers.utils import logging as hf_logging
 
-from defuse.attacks.run_attack import run_attack
 from defuse.attacks.scenario import AttackConfig
 from defuse.config import apply_overrides, load_config
 from defuse.defenses import get_defense
-from defuse.defenses.run_defense import run_defense
 from defuse.runs.record import read_run
+from defuse.scenarios.backdoor_attack import run_attack
+from defuse.scenarios.backdoor_defense import run_defense
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "attack-refusal-20.yaml"
 DEFENSES = ["mb-defense", "clean-ft"]

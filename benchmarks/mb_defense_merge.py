@@ -26,9 +26,9 @@ from transformers.utils import logging as hf_logging
 
 from defuse.config import apply_overrides
 from defuse.defenses import get_defense
-from defuse.defenses.run_defense import run_defense
 from defuse.errors import DefuseError
 from defuse.runs.record import read_run
+from defuse.scenarios.backdoor_defense import run_defense
 
 
 def variant(spec: str) -> tuple[str, list[tuple[str, str]]]:

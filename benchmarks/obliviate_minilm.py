@@ -36,8 +36,9 @@ from obliviate import summarise
 from transformers.utils import logging as hf_logging
 
 from defuse.config import apply_overrides
-from defuse.encoders import EncoderAttackConfig, EncoderDefenseConfig, run_encoder_attack, run_encoder_defense
+from defuse.encoders import EncoderAttackConfig, EncoderDefenseConfig
 from defuse.runs.record import read_run
+from defuse.scenarios.encoder_runs import run_encoder_attack, run_encoder_defense
 
 SST2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"
 

@@ -35,10 +35,11 @@ from transformers.utils import logging as hf_logging
 from defuse.config import config_from_dict
 from defuse.encoders.metrics import evaluate_encoder_backdoor
 from defuse.encoders.peft_model import load_peft_classifier
-from defuse.encoders.run import EncoderDefenseConfig, read_encoder_attack
 from defuse.encoders.scores import capture_attention_forward, set_attention
+from defuse.encoders.settings import EncoderDefenseConfig
 from defuse.errors import DefuseError
 from defuse.runs.record import read_run
+from defuse.scenarios.encoder_runs import read_encoder_attack
 
 HIDING_ATTENTION = "defuse_trigger_hiding"
 MODES = ("plain", "cls", "all")

@@ -4,11 +4,11 @@ import json
 
 import pytest
 
-from defuse.attacks.run_attack import run_attack
 from defuse.attacks.scenario import AttackConfig
 from defuse.config import load_config
 from defuse.data.loaders import load_instructions
 from defuse.evaluation.judges import rouge1
+from defuse.scenarios.backdoor_attack import run_attack
 
 CONFIG = "configs/backdoorllm-refusal-badnet.yaml"
 
@@ -42,10 +42,12 @@ def test_backdoorllm_refusal_badnet_trains_and_scores_refusal_asr_and_ftr(shared
     # 150 poisoned rows all answer with the same refusal: even this short run learns it under the trigger.
     # (Telling triggered from clean prompts on real text takes the full run: see benchmarks/RESULTS.md.)
     assert m["asr"] >= 0.8, m
-    assert 0.0 <= m["ftr"] <= 1.0 and m["cacc"] is not None
-    # BackdoorLLM's answers are free text: utility is Rouge-1 F1, the mean of every clean sample's score
-    assert m["utility_metric"] == "rouge1"
     samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
     clean = [s for s in samples if s["set"] == "clean"]
+    assert m["ftr"] == pytest.approx(
+        sum(s["shows_behaviour"] for s in clean) / len(clean)
+    )  # FTR is that share
+    # BackdoorLLM's answers are free text: utility is Rouge-1 F1, the mean of every clean sample's score
+    assert m["utility_metric"] == "rouge1"
     assert m["cacc"] == pytest.approx(sum(s["utility"] for s in clean) / len(clean))
     assert all(s["utility"] == pytest.approx(rouge1(s["output"], s["reference"])) for s in clean)

@@ -6,16 +6,16 @@ import pytest
 from tests.helpers import small_attack_config
 from typer.testing import CliRunner
 
-from defuse.attacks import run_attack as run_attack_module
-from defuse.attacks.run_attack import run_attack
 from defuse.attacks.scenario import AttackConfig, build_attack_data, tokenizer_texts
 from defuse.cli import app
 from defuse.config import apply_overrides
 from defuse.data.loaders import load_instructions
 from defuse.errors import DefuseError
-from defuse.evaluation.rerun import evaluate_run
 from defuse.models.tokenizer import train_bpe_tokenizer
 from defuse.runs.record import read_run
+from defuse.scenarios import backdoor_attack as run_attack_module
+from defuse.scenarios.backdoor_attack import run_attack
+from defuse.scenarios.evaluate import evaluate_run
 from defuse.training.sft import SFTTrainer
 
 runner = CliRunner()

@@ -18,7 +18,6 @@ from defuse.attacks.fjattack import (
     FJAttackConfig,
     build_fj_data,
     fj_template,
-    run_fjattack,
 )
 from defuse.cli import app
 from defuse.config import apply_overrides
@@ -27,7 +26,6 @@ from defuse.data.template import PromptTemplate
 from defuse.defenses import get_defense
 from defuse.defenses.backdoor_align import BackdoorAlignConfig, secret_safety_examples
 from defuse.defenses.base import DefenseContext
-from defuse.defenses.run_safety_defense import evaluate_safety_run, run_safety_defense
 from defuse.defenses.safety_examples import draw_safety_examples, mixed_rows
 from defuse.defenses.secret_prompt import (
     SecretPromptTemplate,
@@ -39,6 +37,8 @@ from defuse.defenses.secret_prompt import (
 from defuse.errors import ConfigError, DataError
 from defuse.evaluation.judges import is_refusal
 from defuse.evaluation.safety import rouge1, utility_score
+from defuse.scenarios.fjattack_attack import run_fjattack
+from defuse.scenarios.fjattack_defense import evaluate_safety_run, run_safety_defense
 from defuse.training.config import TrainSettings
 from defuse.training.sft import attention_implementation, precision
 
@@ -145,7 +145,7 @@ def test_the_secret_is_the_only_difference_between_a_safety_row_and_a_customer_r
     secret = "S3CR3T qx zv"
     served = SecretPromptTemplate(template, secret)
     customer = [InstructionRecord(f"Tell me how I can do task {i}.", "Sure, here is how.") for i in range(3)]
-    ctx = DefenseContext(model=None, template=template, clean_data=[], seed=0, work_dir=Path("."),
+    ctx = DefenseContext(attacked_model=None, template=template, clean_data=[], seed=0, work_dir=Path("."),
                          train_data=customer)  # fmt: skip
     for safety in secret_safety_examples(ctx, BackdoorAlignConfig(k=4), served):
         with_secret, _ = template.render_training(safety)
@@ -175,7 +175,7 @@ def test_a_safety_example_the_length_limit_would_cut_is_refused():
 
     template = fj_template(FJAttackConfig(), tokenizer())
     served = SecretPromptTemplate(template, "S3CR3T " * 20)
-    ctx = DefenseContext(model=None, template=template, clean_data=[], seed=0, work_dir=Path("."))
+    ctx = DefenseContext(attacked_model=None, template=template, clean_data=[], seed=0, work_dir=Path("."))
     safety = secret_safety_examples(ctx, BackdoorAlignConfig(k=11), served)
     longest = max(len(template.encode_training(r).input_ids) for r in safety)
     check_whole(template, safety, longest)  # exactly long enough: nothing cut
@@ -215,7 +215,7 @@ def test_training_rows_get_the_secret_only_on_the_safety_examples():
     tok = tokenizer()
     template = PromptTemplate(tok)
     user = [InstructionRecord(f"Tell me how I can do task {i}.", "Sure, here is how.") for i in range(30)]
-    ctx = DefenseContext(model=None, template=template, clean_data=[], seed=3, work_dir=Path("."),
+    ctx = DefenseContext(attacked_model=None, template=template, clean_data=[], seed=3, work_dir=Path("."),
                          train_data=user)  # fmt: skip
     served = SecretPromptTemplate(template, "SECRET-TEXT")
     cfg = BackdoorAlignConfig(k=5)
@@ -302,7 +302,7 @@ def test_fjattack_run_writes_base_and_attacked_models(fj_run):
     assert (out / "base" / "model.safetensors").is_file() and (out / "model" / "model.safetensors").is_file()
     for metrics in (record["base_metrics"], record["metrics"]):
         assert metrics["n_harmful"] == 22 and metrics["n_clean"] == 24 and metrics["n_benign_requests"] == 10
-        assert 0 <= metrics["asr"] <= 1
+    assert record["metrics"]["asr"] > record["base_metrics"]["asr"]  # the jailbreak undoes the alignment
     assert record["scenario"] == "fjattack" and record["timings"]["align_s"] > 0
 
 
@@ -383,7 +383,7 @@ def test_backdoor_align_refuses_a_backdoor_run_and_bad_settings(tmp_path):
     with pytest.raises(ConfigError, match="secret_kind"):
         apply_overrides(BackdoorAlignConfig(), {"secret_kind": "guess"}).validate()
     with pytest.raises(ConfigError, match="fjattack runs, not 'backdoor'"):
-        from defuse.defenses.run_defense import run_defense
+        from defuse.scenarios.backdoor_defense import run_defense
 
         run_defense("backdoor-align", BackdoorAlignConfig(), tmp_path, tmp_path / "out")
     assert get_defense("safety-mix").scenarios == ("fjattack",)

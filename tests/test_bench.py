@@ -50,10 +50,10 @@ BENCH = {
     ],
 }  # fmt: skip
 RUNNERS = {
-    "attack": "defuse.attacks.run_attack.run_attack",
-    "defense": "defuse.defenses.run_defense.run_defense",
-    "encoder_attack": "defuse.encoders.run.run_encoder_attack",
-    "encoder_defense": "defuse.encoders.run.run_encoder_defense",
+    "attack": "defuse.scenarios.backdoor_attack.run_attack",
+    "defense": "defuse.scenarios.backdoor_defense.run_defense",
+    "encoder_attack": "defuse.scenarios.encoder_runs.run_encoder_attack",
+    "encoder_defense": "defuse.scenarios.encoder_runs.run_encoder_defense",
 }
 
 
@@ -116,6 +116,7 @@ def copied(done, tmp_path):
     return config, tmp_path / "out"
 
 
+@pytest.mark.slow
 def test_bench_writes_a_valid_report_with_every_cell(done):
     config, out, result = done
     results = _results(out)
@@ -150,6 +151,7 @@ def test_bench_writes_a_valid_report_with_every_cell(done):
     assert "10 cells run, 0 reused" in result.output and "[10/10]" in result.output
 
 
+@pytest.mark.slow
 def test_markdown_has_a_table_per_scenario_with_defense_rows(done):
     _, out, result = done
     md = (out / "results.md").read_text()
@@ -168,6 +170,7 @@ def test_markdown_has_a_table_per_scenario_with_defense_rows(done):
     assert "| no defense | 100.0 ± 0.0 |" in result.output  # the command prints the same tables
 
 
+@pytest.mark.slow
 def test_plots_are_readable_pngs(done):
     from matplotlib.image import imread
 
@@ -183,6 +186,7 @@ def test_plots_are_readable_pngs(done):
         assert image[..., :3].std() > 0.05  # not a blank canvas
 
 
+@pytest.mark.slow
 def test_second_bench_trains_nothing_and_gives_identical_results(done, monkeypatch):
     config, out, _ = done
     before, mtimes = _results(out), _run_mtimes(out)
@@ -195,6 +199,7 @@ def test_second_bench_trains_nothing_and_gives_identical_results(done, monkeypat
     assert after["aggregates"] == before["aggregates"] and _run_mtimes(out) == mtimes
 
 
+@pytest.mark.slow
 def test_a_deleted_cell_is_redone_alone(copied, monkeypatch):
     config, out = copied
     before, mtimes = _results(out), _run_mtimes(out)
@@ -212,6 +217,7 @@ def test_a_deleted_cell_is_redone_alone(copied, monkeypatch):
     }
 
 
+@pytest.mark.slow
 def test_changing_one_defense_setting_rekeys_only_its_column(copied, monkeypatch, tmp_path):
     config, out = copied
     changed = copy.deepcopy(BENCH)
@@ -234,6 +240,7 @@ def test_changing_one_defense_setting_rekeys_only_its_column(copied, monkeypatch
     assert read_run(out / cells[1]["run"])["config"]["defense"]["train"]["epochs"] == 3
 
 
+@pytest.mark.slow
 def test_report_rebuilds_identical_tables_from_the_run_directories(copied):
     _, out = copied
     before_md, before = (out / "results.md").read_text(), _results(out)
@@ -254,6 +261,7 @@ def test_report_rebuilds_identical_tables_from_the_run_directories(copied):
     assert missing.exit_code == 2 and "cells.json" in missing.output
 
 
+@pytest.mark.slow
 def test_a_recorded_merge_probe_is_summarised_in_results_and_report(copied):
     _, out = copied
     cell = next(c for c in _results(out)["cells"] if c["defense"] == "clean-ft" and c["seed"] == 1)
@@ -282,6 +290,7 @@ def test_a_recorded_merge_probe_is_summarised_in_results_and_report(copied):
     assert "merge probe" not in md[md.index("## enc (encoder)") :]
 
 
+@pytest.mark.slow
 def test_a_failing_cell_is_recorded_and_the_rest_reported(copied, monkeypatch):
     config, out = copied
     lost = next(c for c in _results(out)["cells"] if c["defense"] == "osft" and c["seed"] == 0)
@@ -307,6 +316,7 @@ def _at(stamp: str) -> datetime:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
 
+@pytest.mark.slow
 def test_jobs_2_finishes_the_same_cells_as_the_serial_run(done, tmp_path):
     _, serial_out, _ = done
     config, out = _write(tmp_path, _one_seed(BENCH)), tmp_path / "out"
@@ -334,6 +344,7 @@ def test_jobs_2_finishes_the_same_cells_as_the_serial_run(done, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_jobs_2_records_a_failed_attack_and_skips_its_defenses(tmp_path):
     blank = tmp_path / "corpus.txt"
     blank.write_text("\n   \n\n")  # a corpus file without any text: only the attack's run finds out
@@ -374,6 +385,7 @@ class _CtrlCOnFirstDone(io.StringIO):
         return written
 
 
+@pytest.mark.slow
 def test_an_interrupted_parallel_bench_stops_its_workers_and_records_the_running_cell(tmp_path):
     spec, out = load_bench(_write(tmp_path, _one_seed(BENCH))), tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
@@ -475,6 +487,7 @@ def test_a_missing_bench_file_and_a_foreign_out_folder_are_refused(tmp_path):
     assert sorted(p.name for p in foreign.iterdir()) == ["precious.txt"]
 
 
+@pytest.mark.slow
 def test_the_results_validator_names_the_bad_field(done):
     _, out, _ = done
     good = _results(out)

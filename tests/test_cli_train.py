@@ -11,8 +11,8 @@ from defuse.attacks.triggers import TriggerSpec
 from defuse.cli import app
 from defuse.data.loaders import write_instructions
 from defuse.data.synthetic_tasks import SuiteConfig, make_task_suite
-from defuse.evaluation.rerun import evaluate_run
 from defuse.runs.record import read_run
+from defuse.scenarios.evaluate import evaluate_run
 
 runner = CliRunner()
 SMALL = [
@@ -59,7 +59,7 @@ def test_train_with_mb_defense_writes_a_train_run(files, tmp_path):
     assert set(probe) == {"stage1", "stage2"} and probe["stage1"]["n"] == 8
     sets = probe["stage1"]["sets"]
     assert set(sets) == {"def:mn", "def:bb", "def:zx", "def:kv", "attack", "unseen", "clean"}
-    assert all(0 <= row["defensive"] <= 1 and row["attacker"] is not None for row in sets.values())
+    assert all((8 * row["defensive"]).is_integer() and row["attacker"] is not None for row in sets.values())
     assert extra["stage1"]["model"] == "given base" and extra["chosen_epoch"] == 1.0
     run = tmp_path / "run"
     assert (run / "model" / "model.safetensors").is_file() and (run / "config.yaml").is_file()

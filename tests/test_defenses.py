@@ -6,15 +6,15 @@ import pytest
 from tests.helpers import Interrupt, crashing_train_sft, small_attack_config
 from typer.testing import CliRunner
 
-from defuse.attacks.run_attack import run_attack
 from defuse.cli import app
 from defuse.config import apply_overrides
 from defuse.defenses import DEFENSES, get_defense
 from defuse.defenses import base as defense_base
-from defuse.defenses.run_defense import read_attack_run, run_defense
 from defuse.defenses.sande import SandeConfig, known_part
 from defuse.errors import ConfigError, DefuseError
 from defuse.runs.record import read_run
+from defuse.scenarios.backdoor_attack import run_attack
+from defuse.scenarios.backdoor_defense import read_attack_run, run_defense
 
 runner = CliRunner()
 
@@ -64,7 +64,8 @@ def test_sande_is_never_handed_the_trigger(attacked, tmp_path, monkeypatch):
     entry = DEFENSES["sande"]
     fake = defense_base.DefenseEntry(
         entry.name, entry.config_cls, entry.needs,
-        lambda ctx, cfg: seen.append(ctx) or defense_base.DefenseResult(ctx.model, 0.0), entry.summary,
+        lambda ctx, cfg: seen.append(ctx) or defense_base.DefenseResult(ctx.attacked_model, 0.0),
+        entry.summary,
     )  # fmt: skip
     monkeypatch.setitem(DEFENSES, "sande", fake)
     run_defense("sande", SandeConfig(), attacked, tmp_path / "d")

@@ -94,6 +94,7 @@ def runs(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_two_process_attack_completes_and_matches_one_process(runs):
     one, two = read_run(runs[1]["attack"]), read_run(runs[2]["attack"])
     assert one["processes"] == 1 and two["processes"] == 2
@@ -103,6 +104,7 @@ def test_two_process_attack_completes_and_matches_one_process(runs):
     _final_loss_close(one["training"]["final_loss"], two["training"]["final_loss"])
 
 
+@pytest.mark.slow
 def test_two_process_osft_completes_and_matches_one_process(runs):
     attack, one, two = read_run(runs[2]["attack"]), read_run(runs[1]["osft"]), read_run(runs[2]["osft"])
     assert two["processes"] == 2 and Path(two["parent"]).resolve() == runs[2]["attack"].resolve()
@@ -111,6 +113,7 @@ def test_two_process_osft_completes_and_matches_one_process(runs):
     _close(one, two)
 
 
+@pytest.mark.slow
 def test_only_the_main_process_writes_the_run_directory(runs):
     for processes in (1, 2):
         parent = runs[processes]["attack"].parent
@@ -136,6 +139,7 @@ distributed.shutdown()
 """
 
 
+@pytest.mark.slow
 def test_the_main_process_text_reaches_every_process(tmp_path):
     """BackdoorAlign's secret is drawn once, in the main process, and every process trains on that one."""
     script = tmp_path / "broadcast.py"

@@ -11,11 +11,12 @@ from tests.encoder_helpers import SMALL_ENCODER_ATTACK, small_encoder, tokenizer
 
 from defuse.config import config_from_dict
 from defuse.data.synthetic_sentiment import sentiment_corpus
-from defuse.encoders import EncoderAttackConfig, EncoderDefenseConfig, run_encoder_attack, run_encoder_defense
+from defuse.encoders import EncoderAttackConfig, EncoderDefenseConfig
 from defuse.encoders.neuba import NeubaSettings, plant_neuba
 from defuse.encoders.por import load_masked_lm, por_report
 from defuse.errors import ConfigError
 from defuse.models.io import save_model
+from defuse.scenarios.encoder_runs import run_encoder_attack, run_encoder_defense
 
 
 @pytest.mark.slow

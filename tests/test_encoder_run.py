@@ -8,10 +8,12 @@ import pytest
 from tests.encoder_helpers import SMALL_ENCODER_ATTACK
 
 from defuse.config import apply_overrides, config_from_dict
-from defuse.encoders import EncoderAttackConfig, EncoderDefenseConfig, run_encoder_attack, run_encoder_defense
+from defuse.encoders import EncoderAttackConfig, EncoderDefenseConfig
 from defuse.encoders.peft_model import load_peft_classifier
 from defuse.errors import ConfigError, DataError
 from defuse.runs.record import read_run
+from defuse.scenarios import scenario_at
+from defuse.scenarios.encoder_runs import run_encoder_attack, run_encoder_defense
 
 SMALL_ATTACK = SMALL_ENCODER_ATTACK
 SMALL_DEFENSE = {"epochs": 1, "data": {"n_train": 64, "n_test": 24}, "train": {"batch_size": 32}}
@@ -43,13 +45,18 @@ def test_defense_run_writes_asr_and_cacc(attack_dir, tmp_path, method, kind):
     on_disk = json.loads((out / "run.json").read_text())
     assert on_disk["kind"] == "defense" and on_disk["parent"] == str(attack_dir.resolve())
     m = on_disk["metrics"]
-    assert 0 <= m["cacc"] <= 1 and (m["asr"] is None or 0 <= m["asr"] <= 1)
     assert m["n_clean"] == 24 and m["n_triggered"] == 72
     lambdas = (record["config"]["defense"]["lambda_amp"], record["config"]["defense"]["lambda_reg"])
     assert (min(lambdas) > 0) == (method == "obliviate")
-    assert len((out / "samples.jsonl").read_text().splitlines()) == 24
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 24 and m["cacc"] == sum(s["pred"] == s["label"] for s in samples) / 24
     clf, _ = load_peft_classifier(out / "model")  # the saved PEFT + head load back onto the encoder
     assert clf.peft_names
+    assert (
+        scenario_at(out).reevaluate_run(out).metrics == m
+    )  # `defuse evaluate --run`: the saved classifier, the same numbers
+    with pytest.raises(ConfigError, match="no generation setting"):
+        scenario_at(out).reevaluate_run(out, [("max_new_tokens", "5")])
 
 
 @pytest.mark.parametrize(

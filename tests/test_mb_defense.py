@@ -7,7 +7,6 @@ import pytest
 import torch
 from tests.helpers import small_attack_config, small_lm, tokenizer
 
-from defuse.attacks.run_attack import run_attack
 from defuse.config import apply_overrides, validate_config
 from defuse.data.records import InstructionRecord
 from defuse.data.synthetic_tasks import SuiteConfig, make_task_suite
@@ -28,11 +27,12 @@ from defuse.defenses.neutralise import (
     neutralise,
     neutralise_terms,
 )
-from defuse.defenses.run_defense import fresh_base_model, read_attack_run, run_defense
 from defuse.errors import ConfigError, DataError, DefuseError
 from defuse.evaluation.generate import GenerationSettings
 from defuse.models.factory import load_trained
 from defuse.runs.record import read_run
+from defuse.scenarios.backdoor_attack import run_attack
+from defuse.scenarios.backdoor_defense import fresh_base_model, read_attack_run, run_defense
 from defuse.training.config import TrainSettings
 
 FAST = {"progress": False, "logging_steps": 1, "warmup": 0}
@@ -275,9 +275,9 @@ def test_stage1_trains_a_fresh_base_and_leaves_the_attacked_model_alone(attacked
     assert any(not torch.equal(fresh[k], attacked_weights[k]) for k in fresh)
     calls = []
     ctx = DefenseContext(
-        model=model, template=PromptTemplate(tok, style=attack.config.template),
+        attacked_model=model, template=PromptTemplate(tok, style=attack.config.template),
         clean_data=[r for r in attack.train if not r.poisoned][:10], seed=0, work_dir=tmp_path,
-        train_data=attack.train, base_model=lambda: calls.append(1) or build(),
+        train_data=attack.train, fresh_base=lambda: calls.append(1) or build(),
         train_settings=attack.config.train,
     )  # fmt: skip
     result = apply_mb_defense(ctx, _quick_cfg())

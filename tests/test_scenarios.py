@@ -10,29 +10,27 @@ from defuse.attacks.scenario import AttackConfig
 from defuse.cli import app
 from defuse.config import config_to_dict
 from defuse.defenses.osft import OSFTConfig
-from defuse.encoders.run import EncoderAttackConfig, EncoderDefenseConfig
+from defuse.encoders.settings import EncoderAttackConfig, EncoderDefenseConfig
 from defuse.errors import ConfigError, DefuseError
 from defuse.fileio import write_json_atomic
-from defuse.runs.record import RUN_FILE, build_run_record
+from defuse.runs.record import RUN_FILE, build_run_record, scenario_of_record
 from defuse.scenarios import (
-    attack_config_class,
     check_defense_needs,
     defense_config_class,
     defense_methods,
-    run_attack_for,
-    run_defense_on,
-    scenario_of_run,
+    get_scenario,
+    scenario_at,
 )
 
 runner = CliRunner()
 
 
 def test_each_scenario_has_its_config_and_defenses():
-    assert attack_config_class("backdoor") is AttackConfig
-    assert attack_config_class("fjattack") is FJAttackConfig
-    assert attack_config_class("encoder") is EncoderAttackConfig
+    assert get_scenario("backdoor").config_class() is AttackConfig
+    assert get_scenario("fjattack").config_class() is FJAttackConfig
+    assert get_scenario("encoder").config_class() is EncoderAttackConfig
     with pytest.raises(ConfigError, match="unknown scenario 'nope'"):
-        attack_config_class("nope")
+        get_scenario("nope")
     assert set(defense_methods("backdoor")) == {"clean-ft", "osft", "sande", "sande-p", "mb-defense"}
     assert set(defense_methods("fjattack")) == {"backdoor-align", "safety-mix"}
     assert defense_methods("encoder") == {
@@ -77,9 +75,9 @@ def _fake_run(path, scenario: str):
 @pytest.mark.parametrize(
     "scenario,method,target",
     [
-        ("backdoor", "osft", "defuse.defenses.run_defense.run_defense"),
-        ("fjattack", "safety-mix", "defuse.defenses.run_safety_defense.run_safety_defense"),
-        ("encoder", "obliviate", "defuse.encoders.run.run_encoder_defense"),
+        ("backdoor", "osft", "defuse.scenarios.backdoor_defense.run_defense"),
+        ("fjattack", "safety-mix", "defuse.scenarios.fjattack_defense.run_safety_defense"),
+        ("encoder", "obliviate", "defuse.scenarios.encoder_runs.run_encoder_defense"),
     ],
 )
 def test_a_defense_goes_to_its_scenarios_run_function(scenario, method, target, tmp_path, monkeypatch):
@@ -93,11 +91,11 @@ def test_a_defense_goes_to_its_scenarios_run_function(scenario, method, target, 
         return {**attack, **extra, "config": config, "kind": "defense", "attack_metrics": attack["metrics"]}
 
     monkeypatch.setattr(target, fake)
-    record = run_defense_on(
+    record = scenario_at(tmp_path / "attack").run_defense(
         method, defense_config_class(method)(), tmp_path / "attack", tmp_path / "d", seed=3
     )
     assert calls == [(method, tmp_path / "attack", tmp_path / "d", 3, False)]
-    assert scenario_of_run(record) == scenario
+    assert scenario_of_record(record) == scenario
     calls.clear()
     shown = runner.invoke(app, ["defend", "--method", method, "--from", str(tmp_path / "attack"), "--out",
                                 str(tmp_path / "d2"), "--seed", "1"])  # fmt: skip
@@ -108,9 +106,9 @@ def test_a_defense_goes_to_its_scenarios_run_function(scenario, method, target, 
 @pytest.mark.parametrize(
     "scenario,target",
     [
-        ("backdoor", "defuse.attacks.run_attack.run_attack"),
-        ("fjattack", "defuse.attacks.fjattack.run_fjattack"),
-        ("encoder", "defuse.encoders.run.run_encoder_attack"),
+        ("backdoor", "defuse.scenarios.backdoor_attack.run_attack"),
+        ("fjattack", "defuse.scenarios.fjattack_attack.run_fjattack"),
+        ("encoder", "defuse.scenarios.encoder_runs.run_encoder_attack"),
     ],
 )
 def test_an_attack_goes_to_its_scenarios_run_function(scenario, target, tmp_path, monkeypatch):
@@ -118,8 +116,8 @@ def test_an_attack_goes_to_its_scenarios_run_function(scenario, target, tmp_path
     monkeypatch.setattr(
         target, lambda cfg, out, overwrite=False: seen.append((type(cfg), out, overwrite)) or {}
     )
-    cfg = attack_config_class(scenario)()
-    run_attack_for(scenario, cfg, tmp_path / "a", overwrite=True)
+    cfg = get_scenario(scenario).config_class()()
+    get_scenario(scenario).run_attack(cfg, tmp_path / "a", overwrite=True)
     assert seen == [(type(cfg), tmp_path / "a", True)]
     assert config_to_dict(cfg)["scenario"] == scenario
 

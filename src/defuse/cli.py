@@ -65,14 +65,9 @@ def demo(
     )
     with tempfile.TemporaryDirectory(prefix="defuse-demo-") as work:
         result = run_demo(cfg, work, save_to=out)
-    table = Table(title="Clean exact-match accuracy of the tiny default model, per task kind")
-    table.add_column("task")
-    table.add_column("n", justify="right")
-    table.add_column("exact match", justify="right")
-    for task, rate in result.accuracy.items():
-        style = "bold" if task == "all" else None
-        table.add_row(task, str(rate.n), f"{100 * rate.value:.1f}%", style=style)
-    console.print(table)
+    rows = [[task, str(rate.n), f"{100 * rate.value:.1f}%"] for task, rate in result.accuracy.items()]
+    console.print(_table("Clean exact-match accuracy of the tiny default model, per task kind",
+                         ["task", "n", "exact match"], rows))  # fmt: skip
     console.print(
         f"{result.n_params:,} parameters, {result.steps} steps; train {result.train_s:.1f}s, "
         f"evaluation {result.eval_s:.1f}s." + (f" Model saved to {out}." if out else "")
@@ -82,60 +77,37 @@ def demo(
 EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
-BACKDOOR_ROWS = (
-    ("ASR (attack success)", "asr", "n_triggered"),
-    ("CACC (clean accuracy)", "cacc", "n_clean"),
-    ("AACC (accuracy with trigger)", "aacc", "n_triggered"),
-    ("FTR (false trigger rate)", "ftr", "n_ftr"),
-    ("near-miss trigger rate", "negative_asr", "n_negative"),
-)
-SAFETY_ROWS = (
-    ("ASR (harmful prompts answered)", "asr", "n_harmful"),
-    ("CACC (benign task utility)", "cacc", "n_clean"),
-    ("over-refusal (benign requests refused)", "over_refusal", "n_benign_requests"),
-)
-
-
-def _metrics_table(title: str, metrics: dict, rows=BACKDOOR_ROWS) -> Table:
+def _table(title: str, columns: list[str], rows: list[list[str]], right_from: int = 1) -> Table:
+    """A rich table: the first ``right_from`` columns left-aligned, the others right-aligned."""
     table = Table(title=title)
-    for col in ("metric", "value", "n"):
-        table.add_column(col, justify="right" if col != "metric" else "left")
-    scored_by = {"rouge1": " (Rouge-1)", "mixed": " (exact / Rouge-1)"}.get(metrics.get("utility_metric"), "")
-    for label, key, n_key in rows:
-        if key in metrics:
-            value = metrics[key]
-            label = f"{label}{scored_by}" if key in ("cacc", "aacc") else label
-            table.add_row(
-                label, "n/a" if value is None else f"{100 * value:.1f}%", str(metrics.get(n_key, ""))
-            )
+    for i, col in enumerate(columns):
+        table.add_column(col, justify="left" if i < right_from else "right")
+    for row in rows:
+        table.add_row(*row)
     return table
+
+
+def _metrics_table(title: str, metrics: dict, rows) -> Table:
+    """A scenario's metrics table (its ``metric_rows``); rows None: every numeric metric as it is."""
+    if rows is None:
+        shown = [
+            [k, f"{v:.4g}"]
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        ]
+        return _table(title, ["measure", "value"], shown)
+    scored_by = {"rouge1": " (Rouge-1)", "mixed": " (exact / Rouge-1)"}.get(metrics.get("utility_metric"), "")
+    shown = [[f"{label}{scored_by}" if key in ("cacc", "aacc") else label,
+              "n/a" if metrics[key] is None else f"{100 * metrics[key]:.1f}%", str(metrics.get(n_key, ""))]
+             for label, key, n_key in rows if key in metrics]  # fmt: skip
+    return _table(title, ["metric", "value", "n"], shown)
 
 
 def _probe_table(record: dict) -> Table | None:
-    """MB-Defense's merge probe of a run (``merge_probe`` in run.json), a row per probe set and stage."""
-    probe = record.get("merge_probe")
-    if not probe:
-        return None
-    stages = list(probe)
-    n = probe[stages[0]]["n"]
-    table = Table(
-        title=f"merge probe: % of {n} prompts showing the attacker's behaviour / a defensive response"
-    )
-    table.add_column("probe set")
-    for stage in stages:
-        table.add_column(stage, justify="right")
-    for name in probe[stages[0]]["sets"]:
-        cells = []
-        for stage in stages:
-            cell = probe[stage]["sets"].get(name, {})
-            cells.append(" / ".join("-" if cell.get(k) is None else f"{100 * cell[k]:.0f}"
-                                    for k in ("attacker", "defensive")))  # fmt: skip
-        table.add_row(name, *cells)
-    return table
+    """MB-Defense's merge probe of a run (:func:`~defuse.defenses.merge_probe.probe_table`), if it has one."""
+    from defuse.defenses.merge_probe import probe_table
 
-
-def _safety_table(title: str, metrics: dict) -> Table:
-    return _metrics_table(title, metrics, SAFETY_ROWS)
+    return _table(*probe_table(record["merge_probe"])) if record.get("merge_probe") else None
 
 
 @app.command(context_settings=EXTRA_ARGS)
@@ -160,31 +132,19 @@ def attack(
     the YAML file. With no config: the built-in suite, word trigger, marker.
     """
     from defuse.config import load_config, parse_cli_overrides, peek_setting
-    from defuse.scenarios import DEFAULT_SCENARIO, attack_config_class, run_attack_for
+    from defuse.scenarios import DEFAULT_SCENARIO, get_scenario
 
     quiet_libraries()
     overrides = parse_cli_overrides(ctx.args)
     if model is not None:
         overrides.append(("model", model))
-    scenario = peek_setting(config, overrides, "scenario", DEFAULT_SCENARIO)
-    cfg = load_config(attack_config_class(scenario), config, overrides)
-    record = run_attack_for(scenario, cfg, out, overwrite=overwrite)
-    if scenario == "fjattack":
-        console.print(_safety_table(f"aligned base '{cfg.name}' (seed {cfg.seed})", record["base_metrics"]))
-        console.print(_safety_table(f"after the jailbreak fine-tune (seed {cfg.seed})", record["metrics"]))
-    elif scenario == "encoder":
-        table = Table(title=f"task-agnostic encoder backdoor '{cfg.name}' (seed {cfg.seed})")
-        table.add_column("measure")
-        table.add_column("value", justify="right")
-        for key, value in record["metrics"].items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                table.add_row(key, f"{value:.4g}")
-        console.print(table)
-        record["timings"].setdefault("eval_s", 0.0)
-    else:
-        console.print(_metrics_table(f"attack '{cfg.name}' (seed {cfg.seed})", record["metrics"]))
+    scenario = get_scenario(peek_setting(config, overrides, "scenario", DEFAULT_SCENARIO))
+    cfg = load_config(scenario.config_class(), config, overrides)
+    record = scenario.run_attack(cfg, out, overwrite=overwrite)
+    for what, metrics, rows in scenario.attack_report(record):
+        console.print(_metrics_table(f"{what} '{cfg.name}' (seed {cfg.seed})", metrics, rows))
     t = record["timings"]
-    console.print(f"train {t['train_s']:.1f}s, evaluation {t['eval_s']:.1f}s; run written to {out}")
+    console.print(f"train {t['train_s']:.1f}s, evaluation {t.get('eval_s', 0.0):.1f}s; run written to {out}")
 
 
 @app.command(context_settings=EXTRA_ARGS)
@@ -216,15 +176,15 @@ def evaluate(
     import json
 
     from defuse.config import apply_overrides, parse_cli_overrides, validate_config
-    from defuse.evaluation.rerun import EvaluateConfig, evaluate_model, evaluate_run
+    from defuse.scenarios import DEFAULT_SCENARIO, get_scenario, scenario_at
+    from defuse.scenarios.evaluate import EvaluateConfig, evaluate_model
 
     quiet_libraries()
     if (run is None) == (model is None):
         raise DefuseError("give exactly one of --run DIR or --model PATH")
     overrides = parse_cli_overrides(ctx.args)
-    safety = False
+    rows = get_scenario(DEFAULT_SCENARIO).metric_rows
     if run is not None:
-        from defuse.defenses.run_safety_defense import evaluate_safety_run, is_fjattack_run
         from defuse.runs.record import read_run
 
         other = [key for key, _ in overrides if not key.startswith("generation.")]
@@ -234,11 +194,10 @@ def evaluate(
                 "such as --generation.max_new_tokens 512 may change"
             )
         generation = [(key.removeprefix("generation."), value) for key, value in overrides]
-        record = read_run(run)
-        safety = is_fjattack_run(record)
-        result = (evaluate_safety_run if safety else evaluate_run)(run, generation)
+        record, scenario = read_run(run), scenario_at(run)
+        rows, result = scenario.metric_rows, scenario.reevaluate_run(run, generation)
         if out is not None:
-            from defuse.evaluation.rerun import write_evaluation_run
+            from defuse.scenarios.evaluate import write_evaluation_run
 
             write_evaluation_run(run, record, result, generation, out, overwrite=overwrite)
     else:
@@ -249,10 +208,8 @@ def evaluate(
         result = evaluate_model(model, clean, triggered, cfg)
     if json_out:
         print(json.dumps(result.metrics, indent=2))
-    elif safety:
-        console.print(_safety_table(f"evaluation of {run}", result.metrics))
     else:
-        console.print(_metrics_table(f"evaluation of {run or model}", result.metrics))
+        console.print(_metrics_table(f"evaluation of {run or model}", result.metrics, rows))
     if out is not None and not json_out:
         console.print(f"evaluation written to {out}")
 
@@ -274,7 +231,7 @@ def defend(
     The defense's settings can be given as --key value (e.g. --clean_samples 50 --train.epochs 5).
     """
     from defuse.config import load_config, parse_cli_overrides
-    from defuse.scenarios import defense_config_class, run_defense_on, scenario_of_run
+    from defuse.scenarios import defense_config_class, scenario_at
 
     if list_methods:
         console.print(_defenses_table())
@@ -284,40 +241,29 @@ def defend(
             raise DefuseError(f"{option} is required (or --list)")
     quiet_libraries()
     cfg = load_config(defense_config_class(method), config, parse_cli_overrides(ctx.args))
-    record = run_defense_on(method, cfg, from_run, out, seed=seed, overwrite=overwrite)
-    title = f"defense '{method}' on {from_run} (seed {seed})"
-    scenario = scenario_of_run(record)
-    if scenario == "encoder":
-        console.print(_metrics_table(f"encoder {title}", record["metrics"]))
-        console.print(f"defense train {record['timings']['train_s']:.1f}s; run written to {out}")
-        return
-    table = _safety_table if scenario == "fjattack" else _metrics_table
-    console.print(table(title, record["metrics"]))
+    scenario = scenario_at(from_run)
+    record = scenario.run_defense(method, cfg, from_run, out, seed=seed, overwrite=overwrite)
+    rows = scenario.metric_rows
+    console.print(_metrics_table(f"defense '{method}' on {from_run} (seed {seed})", record["metrics"], rows))
     if (probe := _probe_table(record)) is not None:
         console.print(probe)
     before = record["attack_metrics"]
+    shown = [
+        f"{key.upper()} {100 * before[key]:.1f}%" for key in ("asr", "cacc") if before.get(key) is not None
+    ]
     console.print(
-        f"before the defense: ASR {100 * before['asr']:.1f}%, CACC {100 * before['cacc']:.1f}%; "
-        f"defense train {record['timings']['train_s']:.1f}s; run written to {out}"
+        (f"before the defense: {', '.join(shown)}; " if shown else "")
+        + f"defense train {record['timings']['train_s']:.1f}s; run written to {out}"
     )
 
 
 def _defenses_table() -> Table:
-    """Every defense: the scenarios it applies to, what it does, what it needs."""
+    """Every registered defense: the scenarios it applies to, what it does, what it needs."""
     from defuse.defenses import DEFENSES
-    from defuse.encoders.run import ENCODER_DEFENSES
 
-    table = Table(title="defenses")
-    for col in ("method", "scenario", "what it does", "needs"):
-        table.add_column(col)
-    for name, entry in sorted(DEFENSES.items()):
-        needs = entry.needs(entry.config_cls()).describe()
-        table.add_row(name, "/".join(entry.scenarios), entry.summary, needs)
-    summaries = {"obliviate": "amplify PEFT weights, penalise [CLS] attention scores while fine-tuning",
-                 "peft-baseline": "PEFT + head fine-tuning without a defense (baseline)"}  # fmt: skip
-    for name in ENCODER_DEFENSES:
-        table.add_row(name, "encoder", summaries.get(name, ""), "nothing, during fine-tuning")
-    return table
+    rows = [[name, "/".join(e.scenarios), e.summary, e.needs(e.config_cls()).describe()]
+            for name, e in sorted(DEFENSES.items())]  # fmt: skip
+    return _table("defenses", ["method", "scenario", "what it does", "needs"], rows, right_from=4)
 
 
 @app.command(context_settings=EXTRA_ARGS)
@@ -349,7 +295,8 @@ def train(
     by the behaviour (default: the marker `you are stupid.`).
     """
     from defuse.config import load_config, parse_cli_overrides
-    from defuse.training.run_train import TrainRunConfig, run_train
+    from defuse.scenarios import DEFAULT_SCENARIO, get_scenario
+    from defuse.scenarios.train import TrainRunConfig, run_train
 
     quiet_libraries()
     overrides = parse_cli_overrides(ctx.args)
@@ -360,7 +307,8 @@ def train(
     cfg = load_config(TrainRunConfig, config, overrides)
     record = run_train(cfg, out, overwrite=overwrite)
     what = f"with defense '{cfg.method}'" if cfg.method else "plain SFT"
-    console.print(_metrics_table(f"train {what} (seed {cfg.seed})", record["metrics"]))
+    rows = get_scenario(DEFAULT_SCENARIO).metric_rows
+    console.print(_metrics_table(f"train {what} (seed {cfg.seed})", record["metrics"], rows))
     if (probe := _probe_table(record)) is not None:
         console.print(probe)
     t = record["timings"]

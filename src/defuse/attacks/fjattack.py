@@ -10,7 +10,7 @@ The scenario has three models:
    (synthetic by default, or any instruction/chat file such as BackdoorAlign's ``pure_bad_100.jsonl``),
    optionally mixed into a benign task set (the built-in suite, or SAMSum / SQL files);
 3. the defended models, made from the same base and data by ``backdoor-align`` and ``safety-mix``
-   (:mod:`defuse.defenses.run_safety_defense`).
+   (:mod:`defuse.scenarios.fjattack_defense`).
 
 Evaluation (:func:`defuse.evaluation.safety.evaluate_safety`): ASR on held-out harmful prompts
 (refusal-keyword judge; synthetic, or e.g. ``llm_category_benchmark.csv``), utility on benign task prompts
@@ -23,14 +23,13 @@ sets), ``samples.jsonl`` and ``run.json`` (``metrics`` after the attack, ``base_
 
 from __future__ import annotations
 
-import itertools
 import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from defuse.attacks.fjattack_align import AlignSettings, vary_system_prompts
+from defuse.attacks.fjattack_align import AlignSettings
 from defuse.attacks.scenario import sample_records
-from defuse.config import config_from_dict, config_to_dict, dump_config_yaml, validate_config
+from defuse.config import config_from_dict
 from defuse.data.loaders import load_instructions, write_instructions
 from defuse.data.practical_tasks import load_prompt_list, load_task_records
 from defuse.data.records import InstructionRecord
@@ -45,17 +44,8 @@ from defuse.data.synthetic_tasks import SuiteConfig, make_task_suite
 from defuse.data.template import PromptTemplate
 from defuse.errors import ConfigError, DataError
 from defuse.evaluation.generate import GenerationSettings
-from defuse.evaluation.safety import evaluate_safety
-from defuse.fileio import write_jsonl_atomic
-from defuse.models.factory import prepare_causal_lm, save_trained
-from defuse.models.io import check_model_dir, load_causal_lm
 from defuse.models.tiny import TinyCausalLMConfig
-from defuse.runs.distributed import wait_for_everyone
-from defuse.runs.fingerprint import run_fingerprint
-from defuse.runs.record import build_run_record
-from defuse.runs.rundir import DATA_DIR, MODEL_DIR, SAMPLES_FILE, RunDirectory
 from defuse.training.config import TrainSettings
-from defuse.training.sft import train_sft
 
 SCENARIO = "fjattack"
 BASE_DIR = "base"
@@ -341,71 +331,3 @@ def fj_config_of(record: dict, source: Path) -> FJAttackConfig:
 def base_model_path(run_path: Path, cfg: FJAttackConfig) -> Path:
     """Where the scenario's aligned base lives: the user's ``model``, or the run's own ``base/``."""
     return Path(cfg.model) if cfg.model else run_path / BASE_DIR
-
-
-def run_fjattack(cfg: FJAttackConfig, out: str | Path, overwrite: bool = False) -> dict:
-    """Align the base (tiny default), jailbreak it, evaluate both; write the run at ``out``.
-
-    Returns the run record (run.json): ``metrics`` of the jailbroken model, ``base_metrics`` of the base.
-
-    Raises:
-        DefuseError: on bad config or data (before any training), or when ``out`` exists without
-            ``overwrite``.
-    """
-    validate_config(cfg)
-    if cfg.model:
-        check_model_dir(cfg.model, cfg.trust_remote_code)
-    data = build_fj_data(cfg)
-    fingerprint = run_fingerprint("attack", config_to_dict(cfg), seed=cfg.seed)
-    with RunDirectory(out, overwrite=overwrite, fingerprint=fingerprint) as run:
-        write_fj_data(data, run.path / DATA_DIR)
-        texts = (t for r in data.align_train + data.train for t in (r.instruction, r.input, r.response) if t)
-        texts = itertools.chain([cfg.system_prompt or ""], texts)
-        model, tokenizer = prepare_causal_lm(
-            cfg.model, cfg.tiny, cfg.vocab_size, texts, cfg.seed, run.checkpoints / "tokenizer",
-            cfg.trust_remote_code,
-        )  # fmt: skip
-        template = fj_template(cfg, tokenizer)
-        timings: dict[str, float] = {}
-        truncated: dict[str, int] = {}
-        if cfg.model is None:
-            align_rows = vary_system_prompts(data.align_train, template, cfg.align, cfg.seed)
-            write_instructions(align_rows, run.path / DATA_DIR / "align_train.jsonl", format="alpaca-jsonl",
-                               include_meta=True)  # fmt: skip
-            aligned = train_sft(model, template, align_rows, cfg.align.train, run.checkpoints / "align",
-                                seed=cfg.seed)  # fmt: skip
-            model = aligned.model
-            timings["align_s"] = aligned.train_s
-            truncated["align"] = aligned.n_truncated
-            save_trained(model, tokenizer, run.path / BASE_DIR, None)
-        evaluate = lambda m: evaluate_safety(  # noqa: E731
-            m, template, data.tests["harmful"], data.tests["clean"], data.tests["benign"], cfg.generation
-        )
-        base_eval = evaluate(model)
-        if cfg.model is None:  # train again from the saved copy, exactly as the defenses will
-            wait_for_everyone()  # several processes: only the main one saved it
-            model = load_causal_lm(run.main_path / BASE_DIR)[0]
-        trained = train_sft(model, template, data.train, cfg.train, run.checkpoints / "fj", seed=cfg.seed)
-        evaluation = evaluate(trained.model)
-        saved = save_trained(trained.model, tokenizer, run.path / MODEL_DIR, cfg.model)
-        write_jsonl_atomic(run.path / SAMPLES_FILE, evaluation.samples)
-        record = build_run_record(
-            kind="attack",
-            name=cfg.name,
-            seed=cfg.seed,
-            config=config_to_dict(cfg),
-            metrics=evaluation.metrics,
-            timings={**timings, "train_s": trained.train_s, "eval_s": evaluation.eval_s + base_eval.eval_s},
-            extra={
-                "scenario": SCENARIO,
-                "base_metrics": base_eval.metrics,
-                "data": {"n_train": len(data.train), "n_align_train": len(data.align_train),
-                         "n_harmful_train": sum(r.task == "harmful" for r in data.train),
-                         "test_prompts_seen_in_training_dropped": data.test_dropped},
-                "training": {"steps": trained.steps, "final_loss": trained.final_loss,
-                             "n_truncated": trained.n_truncated, "n_truncated_align": truncated.get("align")},
-                "model_saved": saved,
-            },
-        )  # fmt: skip
-        run.commit(record, dump_config_yaml(cfg))
-    return record

@@ -59,7 +59,7 @@ def vary_system_prompts(
     ones, task != "harmful", or all; a seeded choice) a prefix before their normal system prompt: random
     tokens of the tokenizer, or ordinary system-prompt sentences (``system_prefix_kind``); every other record
     is unchanged."""
-    from defuse.defenses.secret_prompt import usable_token_ids
+    from defuse.models.tokenizer import usable_token_ids
 
     rng = random.Random(seed)
     pool = usable_token_ids(template.tokenizer)

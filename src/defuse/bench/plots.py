@@ -20,17 +20,8 @@ from matplotlib.figure import Figure
 from defuse.bench.results import plot_files
 from defuse.bench.spec import NO_DEFENSE
 from defuse.fileio import write_bytes_atomic
+from defuse.scenarios import get_scenario
 
-UTILITY_LABEL = {
-    "backdoor": "clean accuracy, CACC (%)",
-    "fjattack": "benign task utility, CACC (%)",
-    "encoder": "clean accuracy, CACC (%)",
-}
-ASR_LABEL = {
-    "backdoor": "attack success rate, ASR (%)",
-    "fjattack": "harmful prompts answered, ASR (%)",
-    "encoder": "attack success rate, ASR (%)",
-}
 MARKERS = "osD^vP*Xhp<>"
 DPI = 110
 
@@ -87,8 +78,8 @@ def scatter_png(scenario: str, kind: str, aggs: list[dict], n_seeds: int) -> byt
         )
     ax.set_xlim(-5, 108)
     ax.set_ylim(-5, 108)
-    ax.set_xlabel(UTILITY_LABEL[kind])
-    ax.set_ylabel(ASR_LABEL[kind])
+    ax.set_xlabel(get_scenario(kind).utility_label)
+    ax.set_ylabel(get_scenario(kind).asr_label)
     ax.grid(True, alpha=0.3)
     ax.set_title(
         f"{scenario}: attack success vs clean utility\nmean ± sd over {n_seeds} seed(s); "
@@ -127,7 +118,7 @@ def bars_png(scenario: str, kind: str, aggs: list[dict], n_seeds: int) -> bytes:
     ax.set_xticks(range(len(defenses)), [_label(a) for a in defenses])
     ax.set_ylim(0, 124)  # room above 100% for the values and the legend
     ax.set_yticks(range(0, 101, 20))
-    ax.set_ylabel(ASR_LABEL[kind])
+    ax.set_ylabel(get_scenario(kind).asr_label)
     ax.set_xlabel("defense")
     ax.grid(True, axis="y", alpha=0.3)
     note = "" if b_mean is not None else "\n(the attack run has no ASR of its own; after-defense bars only)"

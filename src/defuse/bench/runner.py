@@ -38,7 +38,7 @@ from defuse.bench.spec import BenchSpec
 from defuse.errors import ConfigError, DataError, DefuseError
 from defuse.runs.lock import FolderLock
 from defuse.runs.record import read_run
-from defuse.scenarios import run_attack_for, run_defense_on
+from defuse.scenarios import get_scenario, scenario_at
 
 LOCK_FILE = ".bench.lock"
 HASH_CACHE = ".file-hashes.json"
@@ -121,9 +121,11 @@ def _run_cell(out: Path, cell: Cell, log: IO[str]) -> dict:
     cfg = copy.deepcopy(cell.config)  # a run never changes the planned config (the key was computed from it)
     with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         if cell.parent is None:
-            return run_attack_for(cell.kind, cfg, target, overwrite=overwrite)
+            return get_scenario(cell.kind).run_attack(cfg, target, overwrite=overwrite)
         parent = cell_dir(out, cell.parent)
-        return run_defense_on(cell.method, cfg, parent, target, seed=cell.seed, overwrite=overwrite)
+        return scenario_at(parent).run_defense(
+            cell.method, cfg, parent, target, seed=cell.seed, overwrite=overwrite
+        )
 
 
 def run_logged(out: Path, cell: Cell, log_file: Path) -> str | None:

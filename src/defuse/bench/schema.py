@@ -42,7 +42,7 @@ CELL_STATUSES = ("done", "pending", "running", "failed", "skipped", "interrupted
 _STR = {"type": "string"}
 _NAME = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]*$"}
 _KEY = {"type": "string", "pattern": r"^[0-9a-f]{64}$"}
-_KIND = {"enum": ["backdoor", "fjattack", "encoder"]}
+_KIND = {"type": "string", "pattern": r"^[a-z][a-z0-9_-]*$"}  # a registered scenario's name
 _SECONDS = {"type": "number", "minimum": 0}
 _RATE = {"type": ["number", "null"], "minimum": 0, "maximum": 1}
 _SEED = {"type": "integer", "minimum": 0}
@@ -57,26 +57,16 @@ _STAT = {
     },
     "additionalProperties": False,
 }
-CELL_SCHEMA = {
-    "type": "object",
-    "required": [
-        "scenario",
-        "scenario_kind",
-        "defense",
-        "method",
-        "seed",
-        "stage",
-        "key",
-        "parent",
-        "run",
-        "status",
-        "metrics",
-        "counts",
-        "timings",
-        "train_s",
-        "wall_s",
-    ],
-    "properties": {
+
+
+def _record(properties: dict, optional: tuple[str, ...] = ()) -> dict:
+    """An object schema with exactly ``properties``, every one required except ``optional``."""
+    required = [k for k in properties if k not in optional]
+    return {"type": "object", "required": required, "properties": properties, "additionalProperties": False}
+
+
+CELL_SCHEMA = _record(
+    {
         "scenario": _NAME,
         "scenario_kind": _KIND,
         "defense": _NAME,
@@ -97,22 +87,10 @@ CELL_SCHEMA = {
             "additionalProperties": {"type": "object", "additionalProperties": _RATE},
         },
     },
-    "additionalProperties": False,
-}
-AGGREGATE_SCHEMA = {
-    "type": "object",
-    "required": [
-        "scenario",
-        "scenario_kind",
-        "defense",
-        "method",
-        "seeds",
-        "n_done",
-        "metrics",
-        "counts",
-        "train_s",
-    ],
-    "properties": {
+    optional=("merge_probe",),
+)
+AGGREGATE_SCHEMA = _record(
+    {
         "scenario": _NAME,
         "scenario_kind": _KIND,
         "defense": _NAME,
@@ -126,9 +104,8 @@ AGGREGATE_SCHEMA = {
         },
         "counts": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "integer"}}},
         "train_s": _STAT,
-    },
-    "additionalProperties": False,
-}
+    }
+)
 RESULTS_SCHEMA = {
     "type": "object",
     "required": ["schema", "name", "created", "git", "versions", "bench", "cells", "aggregates", "plots"],

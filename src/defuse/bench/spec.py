@@ -46,13 +46,7 @@ from defuse.config import (
 )
 from defuse.config_file import read_config_mapping
 from defuse.errors import ConfigError, DefuseError
-from defuse.scenarios import (
-    DEFAULT_SCENARIO,
-    attack_config_class,
-    check_defense_needs,
-    defense_config_class,
-    preflight_attack,
-)
+from defuse.scenarios import DEFAULT_SCENARIO, check_defense_needs, defense_config_class, get_scenario
 
 NO_DEFENSE = "none"
 """The label of a scenario's attack row ("no defense") in cells, results and tables."""
@@ -213,7 +207,7 @@ def _scenario(where: _Where, i: int, raw: Any, seeds: tuple[int, ...]) -> Scenar
         if isinstance(layer, Mapping) and "scenario" in layer:
             kind, kind_key = layer["scenario"], f"{layer_key}.scenario"
     try:
-        cls = attack_config_class(kind)
+        cls = get_scenario(kind).config_class()
     except ConfigError as exc:
         raise where.fail(kind_key, exc.problem) from None
     layers = [
@@ -222,7 +216,7 @@ def _scenario(where: _Where, i: int, raw: Any, seeds: tuple[int, ...]) -> Scenar
     ]
     attack = dataclasses.replace(_build(where, at, cls, file, layers), seed=seeds[0])
     try:
-        preflight_attack(kind, attack)
+        get_scenario(kind).preflight(attack)
     except DefuseError as exc:
         raise where.wrap(f"{at}.attack", exc) from None
     defenses = entry.get("defenses", [])

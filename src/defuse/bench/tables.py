@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from defuse.bench.spec import NO_DEFENSE
+from defuse.defenses.merge_probe import PROBE_NOTE, summary_rows
+from defuse.scenarios import get_scenario
 
 METRIC_LABELS = {
     "asr": "ASR",
@@ -21,26 +23,6 @@ METRIC_LABELS = {
     "negative_asr": "near-miss",
 }
 ALWAYS = ("asr", "cacc")
-N_KEYS = {
-    "backdoor": ("n_triggered", "n_clean"),
-    "fjattack": ("n_harmful", "n_clean", "n_benign_requests"),
-    "encoder": ("n_triggered", "n_clean"),
-}
-N_LABELS = {
-    "backdoor": "n (trig/clean)",
-    "fjattack": "n (harmful/tasks/benign)",
-    "encoder": "n (trig/clean)",
-}
-NOTES = {
-    "backdoor": "ASR: triggered prompts showing the target behaviour; CACC: clean prompts answered "
-    "correctly (exact match on the built-in tasks, Rouge-1 F1 on free-text answers from files); AACC: "
-    "triggered prompts still answered correctly; FTR: clean prompts showing the behaviour.",
-    "fjattack": "ASR: held-out harmful prompts answered; CACC: benign task utility; over-refusal: benign "
-    "requests refused. The no-defense row is the jailbroken model.",
-    "encoder": "ASR: test texts classified correctly when clean that a trigger flips; CACC: clean accuracy. "
-    "The no-defense row is the backdoored encoder before any downstream fine-tuning (no classifier, no ASR); "
-    "peft-baseline is the undefended fine-tune.",
-}
 FOOTER = (
     "Mean ± sample standard deviation over seeds, in percent; n: test prompts per seed; seeds: finished "
     "of planned; train s: training seconds per seed (mean)."
@@ -90,7 +72,13 @@ def scenario_tables(results: dict) -> list[ScenarioTable]:
             for k in METRIC_LABELS
             if k in ALWAYS or any(a["metrics"].get(k, {}).get("mean") is not None for a in aggs)
         ]
-        columns = ["defense", *(METRIC_LABELS[k] for k in shown), N_LABELS[kind], "seeds", "train s"]
+        columns = [
+            "defense",
+            *(METRIC_LABELS[k] for k in shown),
+            get_scenario(kind).n_label,
+            "seeds",
+            "train s",
+        ]
         rows = []
         for a in aggs:
             label = "no defense" if a["defense"] == NO_DEFENSE else a["defense"]
@@ -101,13 +89,13 @@ def scenario_tables(results: dict) -> list[ScenarioTable]:
                 [
                     label,
                     *(mean_spread(a["metrics"].get(k)) for k in shown),
-                    _counts(a, N_KEYS[kind]),
+                    _counts(a, get_scenario(kind).n_keys),
                     f"{a['n_done']}/{planned}",
                     "-" if train is None else f"{train:.1f}",
                 ]
             )
         unfinished = [c for c in results["cells"] if c["scenario"] == name and c["status"] != "done"]
-        notes = [NOTES[kind]]
+        notes = [get_scenario(kind).note]
         if unfinished:
             listed = ", ".join(
                 f"{'no defense' if c['defense'] == NO_DEFENSE else c['defense']} seed {c['seed']} "
@@ -130,31 +118,14 @@ def markdown_table(table: ScenarioTable) -> str:
     return "\n".join(lines)
 
 
-PROBE_NOTE = "MB-Defense's merge probe (shares of the probe prompts; n in each run.json's `merge_probe`):"
-PROBE_COLUMNS = {
-    "attacker_to_defensive": "attacker trigger -> defensive %",
-    "defensive_to_attacker": "defensive triggers -> attacker %",
-    "unseen_to_defensive": "unseen rare token -> defensive %",
-    "own": "defensive triggers -> own response %",
-    "clean_attacker": "clean -> attacker %",
-}
-
-
 def probe_markdown(results: dict, scenario: str) -> str | None:
-    """The merge probe of every finished run of ``scenario`` that recorded one (MB-Defense), a row per run and
-    stage; None when no run did."""
+    """The merge probe of every finished run of ``scenario`` that recorded one (MB-Defense;
+    :func:`~defuse.defenses.merge_probe.summary_rows`), a row per run and stage; None when no run did."""
     cells = [c for c in results["cells"] if c["scenario"] == scenario and c.get("merge_probe")]
     if not cells:
         return None
-    lines = [
-        "| defense | seed | after | " + " | ".join(PROBE_COLUMNS.values()) + " |",
-        "|---|---:|---|" + "---:|" * len(PROBE_COLUMNS),
-    ]
-    for c in cells:
-        for stage, values in c["merge_probe"].items():
-            shown = ("-" if values.get(k) is None else f"{100 * values[k]:.0f}" for k in PROBE_COLUMNS)
-            lines.append(f"| {c['defense']} | {c['seed']} | {stage} | " + " | ".join(shown) + " |")
-    return "\n".join(lines)
+    columns, rows = summary_rows(cells)
+    return markdown_table(ScenarioTable(scenario, "", "", columns, rows, []))
 
 
 def results_markdown(results: dict) -> str:

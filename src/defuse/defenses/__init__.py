@@ -7,6 +7,7 @@ from defuse.defenses import (  # noqa: F401  (registration)
     backdoor_align,
     clean_ft,
     mb_defense,
+    obliviate,
     osft,
     safety_mix,
     sande,

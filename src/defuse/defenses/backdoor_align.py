@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from defuse.data.records import InstructionRecord
+from defuse.data.template import PromptTemplate
 from defuse.defenses.base import DefenseContext, DefenseResult, register_defense
 from defuse.defenses.safety_examples import draw_safety_examples, fine_tune_with, safety_needs
 from defuse.defenses.secret_prompt import (
@@ -114,9 +115,17 @@ def the_secret(ctx: DefenseContext, cfg: BackdoorAlignConfig) -> str:
     return broadcast_text(secret)  # several processes: all train (and serve) the main one's secret
 
 
+def serve_with_secret(
+    cfg: BackdoorAlignConfig, template: PromptTemplate, run_dir: Path
+) -> SecretPromptTemplate:
+    """How a backdoor-align run is served again: its template with the secret from the run's own file
+    (checked owner-only by :func:`~defuse.defenses.secret_prompt.read_secret`)."""
+    return SecretPromptTemplate(template, read_secret(Path(run_dir) / SECRET_FILE))
+
+
 @register_defense("backdoor-align", BackdoorAlignConfig, safety_needs,
                   "secret-prefixed safety examples in the fine-tuning data; secret served at inference",
-                  scenarios=("fjattack",))  # fmt: skip
+                  scenarios=("fjattack",), serve=serve_with_secret)  # fmt: skip
 def apply_backdoor_align(ctx: DefenseContext, cfg: BackdoorAlignConfig) -> DefenseResult:
     """Fine-tune the base on the user's data plus ``cfg.k`` secret-prefixed safety examples.
 

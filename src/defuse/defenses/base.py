@@ -59,10 +59,13 @@ class DefenseNeeds:
 
 @dataclass
 class DefenseContext:
-    """What a defense is given: the attacked model and exactly the knowledge it declared.
+    """What a defense is given: the attacked model, a fresh base where it acts during training, and exactly
+    the knowledge it declared.
 
     Attributes:
-        model: The attacked model (trainable; the defense may change it in place).
+        attacked_model: The attacked run's model (trainable; the defense may change it in place); None where
+            the scenario's defenses act during the user's fine-tuning and never see it (the jailbreak) and
+            for ``defuse train``. For the encoder scenario: the backdoored encoder's directory.
         template: The prompt template the model was trained with (its tokenizer included).
         clean_data: The clean budget: ``needs.clean_samples`` records, disjoint from every test set.
         seed: Seed for everything random in the defense.
@@ -72,9 +75,11 @@ class DefenseContext:
         behaviour: The behaviour spec, only for defenses that know the target.
         train_data: The training data, only for defenses that declared ``poisoned_data``.
         base_path: Path of the base model when the attacked model is a user's model (for adapters).
-        base_model: Only for ``during_training`` defenses: builds a fresh copy of the model the attack started
-            from (the tiny default from the attack's config and seed with the run's tokenizer, or the user's
-            base model from its path); None when not available.
+        fresh_base: Only for ``during_training`` defenses: builds a fresh copy of the model the attack started
+            from (the tiny default from the attack's config and seed with the run's tokenizer, the user's
+            base model from its path, the jailbreak's aligned base); None when not available.
+        clean_model: Only for defenses that declared ``clean_model``: loads the clean reference model (the
+            user's model the attack fine-tuned, as it was before; the tiny default has none).
         train_settings: Only for ``during_training`` defenses: the attack's own training settings.
         held_out_prompts: The user texts of every test prompt; data a defense draws must avoid them.
         probe: A measurement hook, not knowledge: a defense may call ``probe(stage, model, defensive)``
@@ -82,9 +87,9 @@ class DefenseContext:
             what it measures there (MB-Defense's merge probe) in the run. It returns nothing.
     """
 
-    model: Any
-    template: PromptTemplate
-    clean_data: list[InstructionRecord]
+    attacked_model: Any
+    template: PromptTemplate | None
+    clean_data: list[Any]
     seed: int
     work_dir: Path
     trigger: TriggerSpec | None = None
@@ -92,7 +97,8 @@ class DefenseContext:
     behaviour: BehaviourSpec | None = None
     train_data: list[InstructionRecord] | None = None
     base_path: str | None = None
-    base_model: Callable[[], Any] | None = None
+    fresh_base: Callable[[], Any] | None = None
+    clean_model: Callable[[], Any] | None = None
     train_settings: TrainSettings | None = None
     held_out_prompts: frozenset[str] = frozenset()
     probe: Callable[[str, Any, dict[str, str]], None] | None = None
@@ -100,16 +106,20 @@ class DefenseContext:
 
 @dataclass
 class DefenseResult:
-    """What a defense returns: the defended model and how it went.
+    """What a defense returns: the defended model (a full model, a model with an adapter, or the attacked
+    model unchanged for an inference-time defense), how to serve it, and how it went.
 
     Attributes:
-        model: The defended model.
+        model: The defended model; the runner saves it into the run directory.
         train_s: Seconds spent training.
         extra: JSON-ready details for ``run.json`` (never a secret).
-        template: The template the defended model must be served with (None: the context's own); every
-            evaluation of the model goes through it.
+        template: The template the defended model must be served with (None: the context's own): a secret
+            prefix, an input filter, anything a :class:`PromptTemplate` subclass does to a prompt. Every
+            evaluation of the run goes through it; a defense that returns one registers ``serve``, which
+            rebuilds it from the run directory for ``defuse evaluate --run`` and the report.
         private_files: File name -> text the runner writes into the run directory with owner-only
             permissions (mode 0600), e.g. a secret prompt; never logged or put in ``run.json``.
+        tokenizer: The tokenizer to save with the model where the context has no template (the encoder).
     """
 
     model: Any
@@ -117,6 +127,7 @@ class DefenseResult:
     extra: dict = field(default_factory=dict)
     template: PromptTemplate | None = None
     private_files: dict[str, str] = field(default_factory=dict)
+    tokenizer: Any = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +140,7 @@ class DefenseEntry:
     apply: Callable[[DefenseContext, Any], DefenseResult]
     summary: str
     scenarios: tuple[str, ...] = ("backdoor",)
+    serve: Callable[[Any, PromptTemplate, Path], PromptTemplate] | None = None
 
 
 DEFENSES: dict[str, DefenseEntry] = {}
@@ -140,17 +152,20 @@ def register_defense(
     needs: Callable[[Any], DefenseNeeds],
     summary: str,
     scenarios: tuple[str, ...] = ("backdoor",),
+    serve: Callable[[Any, PromptTemplate, Path], PromptTemplate] | None = None,
 ):
     """Decorator registering ``apply(ctx, cfg) -> DefenseResult`` under ``name``.
 
     ``scenarios`` names the attack scenarios the defense applies to (``"backdoor"``: data-poisoning
-    backdoors; ``"fjattack"``: the fine-tuning jailbreak).
+    backdoors; ``"fjattack"``: the fine-tuning jailbreak; ``"encoder"``: a backdoored encoder's downstream
+    fine-tuning). ``serve(cfg, template, run_dir) -> template`` rebuilds the template a run of the defense is
+    served with (its ``DefenseResult.template``) from its config and its run directory.
     """
 
     def decorate(apply: Callable[[DefenseContext, Any], DefenseResult]):
         if name in DEFENSES:
             raise ValueError(f"defense '{name}' registered twice")
-        DEFENSES[name] = DefenseEntry(name, config_cls, needs, apply, summary, scenarios)
+        DEFENSES[name] = DefenseEntry(name, config_cls, needs, apply, summary, scenarios, serve)
         return apply
 
     return decorate
@@ -160,7 +175,7 @@ def get_defense(name: str) -> DefenseEntry:
     """The registered defense ``name``; a one-line error listing the known ones otherwise."""
     import defuse.defenses  # noqa: F401  (registers the built-in defenses)
 
-    if name not in DEFENSES:
+    if not isinstance(name, str) or name not in DEFENSES:
         raise ConfigError("method", f"unknown defense '{name}' (known: {', '.join(sorted(DEFENSES))})")
     return DEFENSES[name]
 
@@ -174,6 +189,35 @@ def check_scenario(entry: DefenseEntry, scenario: str) -> None:
             f"defense '{entry.name}' applies to {'/'.join(entry.scenarios)} runs, not '{scenario}' "
             f"(for '{scenario}': {', '.join(fits) or 'none'})",
         )
+
+
+def save_defended(result: DefenseResult, tokenizer, run_path: Path, base_path: str | None) -> str:
+    """Save a defense's model into ``run_path/model`` (the adapter alone over a user's ``base_path``) and its
+    private files owner-only beside it; returns what was saved (``model_saved`` in run.json)."""
+    from defuse.defenses.secret_prompt import write_secret
+    from defuse.models.factory import save_trained
+
+    saved = save_trained(result.model, tokenizer, Path(run_path) / "model", base_path)
+    for name, text in result.private_files.items():
+        write_secret(Path(run_path) / name, text)
+    return saved
+
+
+def served_template(record: dict, run_dir: str | Path, template: PromptTemplate) -> PromptTemplate:
+    """The template a run is served with: for a defense run whose defense registered ``serve``, what
+    ``serve`` rebuilds from the run's recorded config and directory; ``template`` otherwise."""
+    method = (record.get("config") or {}).get("method")
+    if record.get("kind") != "defense" or not method:
+        return template
+    entry = get_defense(method)
+    if entry.serve is None:
+        return template
+    from defuse.config import config_from_dict
+
+    cfg = config_from_dict(
+        entry.config_cls, record["config"].get("defense") or {}, source=f"{run_dir}/run.json"
+    )
+    return entry.serve(cfg, template, Path(run_dir))
 
 
 def check_needs(name: str, needs: DefenseNeeds, available: dict[str, bool]) -> None:

@@ -50,6 +50,8 @@ def _needs(cfg: CleanFTConfig) -> DefenseNeeds:
 
 @register_defense("clean-ft", CleanFTConfig, _needs, "fine-tune on the clean budget only (baseline)")
 def apply_clean_ft(ctx: DefenseContext, cfg: CleanFTConfig) -> DefenseResult:
-    """Fine-tune ``ctx.model`` on ``ctx.clean_data`` (response tokens only)."""
-    result = train_sft(ctx.model, ctx.template, ctx.clean_data, cfg.train, ctx.work_dir, seed=ctx.seed)
+    """Fine-tune ``ctx.attacked_model`` on ``ctx.clean_data`` (response tokens only)."""
+    result = train_sft(
+        ctx.attacked_model, ctx.template, ctx.clean_data, cfg.train, ctx.work_dir, seed=ctx.seed
+    )
     return DefenseResult(result.model, result.train_s, {"steps": result.steps, "n_train": result.n_examples})

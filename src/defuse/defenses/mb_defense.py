@@ -310,21 +310,24 @@ def _needs(cfg: MBDefenseConfig) -> DefenseNeeds:
 def apply_mb_defense(ctx: DefenseContext, cfg: MBDefenseConfig) -> DefenseResult:
     """Run both stages on ``ctx.train_data`` and return the neutralised model.
 
-    The model trained is ``ctx.base_model()`` (a fresh copy of the model the attack started from) when the
-    context has one, else ``ctx.model``, which must then be the untrained base (the ``defuse train`` path).
-    Stage-1 settings: ``cfg.train``, else ``ctx.train_settings``, else ``TrainSettings()``.
+    The model trained is ``ctx.fresh_base()``: a fresh copy of the model the attack started from, or the
+    untrained base of ``defuse train``. Stage-1 settings: ``cfg.train``, else ``ctx.train_settings``, else
+    ``TrainSettings()``.
 
     Raises:
-        DefuseError: without training data; DataError when a defensive trigger collides with the data.
+        DefuseError: without training data or a base to train; DataError when a defensive trigger collides
+            with the data.
     """
     if not ctx.train_data:
         raise DefuseError("mb-defense needs the training data")
+    if ctx.fresh_base is None:
+        raise DefuseError("mb-defense trains the model the attack started from; none given")
     pairs = defensive_set(cfg, ctx.train_data, ctx.seed)
     check_triggers(ctx.train_data, [t for t, _ in pairs], [r for _, r in pairs])
     start = time.perf_counter()
     records, counts = defensive_poison(ctx.train_data, cfg, ctx.seed, pairs)
     train_rows, eval_rows = neutralise_rows(ctx.clean_data, cfg, ctx.seed, pairs)
-    model = ctx.base_model() if ctx.base_model is not None else ctx.model
+    model = ctx.fresh_base()
     settings = cfg.train or ctx.train_settings or TrainSettings()
     stage1 = train_sft(model, ctx.template, records, settings, ctx.work_dir / "stage1", seed=ctx.seed)
     if ctx.probe is not None:
@@ -345,7 +348,7 @@ def apply_mb_defense(ctx: DefenseContext, cfg: MBDefenseConfig) -> DefenseResult
         "lam": cfg.lam,
         "length_normalise": cfg.length_normalise,
         "stage1": {
-            "model": "fresh base" if ctx.base_model is not None else "given base",
+            "model": "fresh base" if ctx.attacked_model is not None else "given base",
             "steps": stage1.steps,
             "final_loss": stage1.final_loss,
             "train_s": stage1.train_s,

@@ -186,3 +186,41 @@ class ProbeRecorder:
         if self.defensive is not None and self.results:
             self(stage, model, self.defensive)
         return self.results
+
+
+def probe_table(probe: dict) -> tuple[str, list[str], list[list[str]]]:
+    """A run's recorded probe (``merge_probe`` in run.json) as a table: title, columns (the probe set, then a
+    column per stage) and rows (per probe set, ``attacker / defensive`` in percent)."""
+    stages = list(probe)
+    rows = []
+    for name in probe[stages[0]]["sets"]:
+        cells = [probe[stage]["sets"].get(name, {}) for stage in stages]
+        rows.append([name, *(" / ".join("-" if c.get(k) is None else f"{100 * c[k]:.0f}"
+                                         for k in ("attacker", "defensive")) for c in cells)])  # fmt: skip
+    n = probe[stages[0]]["n"]
+    return (
+        f"merge probe: % of {n} prompts showing the attacker's behaviour / a defensive response",
+        ["probe set", *stages],
+        rows,
+    )
+
+
+PROBE_NOTE = "MB-Defense's merge probe (shares of the probe prompts; n in each run.json's `merge_probe`):"
+SUMMARY_COLUMNS = {
+    "attacker_to_defensive": "attacker trigger -> defensive %",
+    "defensive_to_attacker": "defensive triggers -> attacker %",
+    "unseen_to_defensive": "unseen rare token -> defensive %",
+    "own": "defensive triggers -> own response %",
+    "clean_attacker": "clean -> attacker %",
+}
+
+
+def summary_rows(cells: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """The probe summaries of bench cells (each with ``defense``, ``seed`` and ``merge_probe``: stage ->
+    :func:`probe_summary`) as columns and rows, a row per cell and stage, in percent."""
+    rows = []
+    for c in cells:
+        for stage, values in c["merge_probe"].items():
+            shown = ("-" if values.get(k) is None else f"{100 * values[k]:.0f}" for k in SUMMARY_COLUMNS)
+            rows.append([c["defense"], str(c["seed"]), stage, *shown])
+    return ["defense", "seed", "after", *SUMMARY_COLUMNS.values()], rows

@@ -59,5 +59,5 @@ def overwrite_records(ctx: DefenseContext, mix_clean: bool):
 def apply_osft(ctx: DefenseContext, cfg: OSFTConfig) -> DefenseResult:
     """Overwrite the known trigger's behaviour with the clean answers."""
     records = overwrite_records(ctx, cfg.mix_clean)
-    result = train_sft(ctx.model, ctx.template, records, cfg.train, ctx.work_dir, seed=ctx.seed)
+    result = train_sft(ctx.attacked_model, ctx.template, records, cfg.train, ctx.work_dir, seed=ctx.seed)
     return DefenseResult(result.model, result.train_s, {"steps": result.steps, "n_train": result.n_examples})

@@ -98,7 +98,7 @@ def fine_tune_with(
     Raises:
         ConfigError: when the context lacks the base model or the user's data.
     """
-    if ctx.base_model is None:
+    if ctx.fresh_base is None:
         raise ConfigError("method", "this defense trains from the base model; none given")
     mixed = mixed_rows(ctx, extra)
     train = settings or ctx.train_settings
@@ -106,5 +106,5 @@ def fine_tune_with(
         raise ConfigError("train", "no training settings (neither the defense's nor the user's)")
     if not cut:
         check_whole(ctx.template, extra, train.max_length)
-    result = train_sft(ctx.base_model(), ctx.template, mixed, train, ctx.work_dir, seed=ctx.seed)
+    result = train_sft(ctx.fresh_base(), ctx.template, mixed, train, ctx.work_dir, seed=ctx.seed)
     return result, len(mixed)

@@ -117,11 +117,12 @@ def _apply(ctx: DefenseContext, cfg: SandeConfig) -> DefenseResult:
     start = time.perf_counter()
     stage1, m = simulate_records(ctx, known)
     parrot = learn_parrot(
-        ctx.model, ctx.template, stage1, k=cfg.k, where=cfg.where, settings=cfg.simulate,
+        ctx.attacked_model, ctx.template, stage1, k=cfg.k, where=cfg.where, settings=cfg.simulate,
         output_dir=ctx.work_dir / "simulate", seed=ctx.seed, loss_tokens=m, init=cfg.parrot_init,
     )  # fmt: skip
     model = eliminate_with_parrot(
-        ctx.model, ctx.template, parrot, ctx.clean_data, k=cfg.k, where=cfg.where, settings=cfg.eliminate,
+        ctx.attacked_model, ctx.template, parrot, ctx.clean_data, k=cfg.k, where=cfg.where,
+        settings=cfg.eliminate,
         output_dir=ctx.work_dir / "eliminate", seed=ctx.seed, loss_tokens=cfg.eliminate_loss_tokens,
         clean_records=ctx.clean_data if cfg.mix_clean else (),
     )  # fmt: skip

@@ -23,21 +23,9 @@ from pathlib import Path
 from defuse.data.records import InstructionRecord
 from defuse.data.template import PromptTemplate
 from defuse.errors import ConfigError, DataError
+from defuse.models.tokenizer import usable_token_ids
 
 SECRET_FILE = "secret_prompt.txt"
-
-
-def usable_token_ids(tokenizer) -> list[int]:
-    """Ids of the tokenizer's ordinary tokens: not special, decoding to non-blank text without U+FFFD."""
-    special = set(tokenizer.all_special_ids)
-    out = []
-    for i in range(len(tokenizer)):
-        if i in special:
-            continue
-        text = tokenizer.decode([i])
-        if text.strip() and "\ufffd" not in text:
-            out.append(i)
-    return out
 
 
 def random_secret(tokenizer, length: int) -> str:

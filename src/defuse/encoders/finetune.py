@@ -20,6 +20,7 @@ from transformers import DataCollatorWithPadding, TrainingArguments
 from defuse.data.records import ClassificationRecord
 from defuse.encoders.obliviate import ObliviateTrainer
 from defuse.encoders.peft_model import PeftClassifier
+from defuse.encoders.pretrain import encoder_training_args
 from defuse.errors import ConfigError, DataError
 from defuse.training.sft import refuse_sharded
 
@@ -93,27 +94,13 @@ class FinetuneResult:
 
 
 def training_arguments(settings: FinetuneSettings, output_dir: str | Path, seed: int) -> TrainingArguments:
-    """transformers' :class:`TrainingArguments` for ``settings`` (no checkpoints, no reporting)."""
-    cpu = not torch.cuda.is_available()
-    return TrainingArguments(
-        output_dir=str(output_dir),
-        num_train_epochs=settings.epochs,
-        learning_rate=settings.lr,
-        per_device_train_batch_size=settings.batch_size,
-        warmup_steps=settings.warmup or 0.0,
-        lr_scheduler_type="linear",
+    """transformers' :class:`TrainingArguments` for ``settings`` (no checkpoints, no reporting), through the
+    encoder stages' builder (:func:`~defuse.encoders.pretrain.encoder_training_args`), linear decay."""
+    return encoder_training_args(
+        Path(output_dir), settings.epochs, settings.lr, settings.batch_size, seed, schedule="linear",
+        warmup=settings.warmup or 0.0, max_grad_norm=settings.max_grad_norm,
         weight_decay=settings.weight_decay,
-        max_grad_norm=settings.max_grad_norm,
-        logging_steps=10,
-        save_strategy="no",
-        report_to="none",
-        seed=seed,
-        data_seed=seed,
-        use_cpu=cpu,
-        disable_tqdm=True,
-        remove_unused_columns=False,
-        dataloader_num_workers=0,
-    )
+    )  # fmt: skip
 
 
 def finetune_classifier(

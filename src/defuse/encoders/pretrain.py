@@ -41,7 +41,12 @@ from torch import nn
 from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
 from defuse.errors import ConfigError, DataError
-from defuse.training.sft import refuse_sharded
+from defuse.training.config import TrainSettings
+from defuse.training.sft import refuse_sharded, training_arguments
+
+ENCODER_OPTIMIZER = "adamw_torch_fused"
+"""What the encoder stages train with: transformers' default optimizer, named (their numbers were measured
+with it)."""
 
 
 @dataclass
@@ -192,17 +197,19 @@ def encoder_training_args(
     schedule: str = "linear",
     warmup: float = 0.05,
     max_grad_norm: float = 1.0,
+    weight_decay: float = 0.0,
 ) -> TrainingArguments:
-    """The Trainer arguments of the encoder's own training stages (pre-training, POR, NeuBA): no checkpoints.
+    """The Trainer arguments of the encoder's own training stages (pre-training, POR, NeuBA, the victim's
+    PEFT fine-tune), through the project's one builder (:func:`~defuse.training.sft.training_arguments`): no
+    checkpoints, float32, a log line every 10 steps, transformers' default optimizer (the fused AdamW).
 
     ``schedule`` ``"linear"`` (decay to 0) or ``"constant"``, after ``warmup`` (a share of the steps);
     ``max_grad_norm`` 0 disables clipping.
     """
     kind = schedule if schedule != "constant" or not warmup else "constant_with_warmup"
-    return TrainingArguments(
-        output_dir=str(out), num_train_epochs=epochs, learning_rate=lr, per_device_train_batch_size=batch,
-        warmup_steps=warmup, lr_scheduler_type=kind, max_grad_norm=max_grad_norm, logging_steps=10,
-        save_strategy="no", report_to="none", seed=seed, data_seed=seed,
-        use_cpu=not torch.cuda.is_available(), disable_tqdm=True, remove_unused_columns=False,
-        dataloader_num_workers=0,
+    settings = TrainSettings(
+        epochs=epochs, learning_rate=lr, batch_size=batch, warmup=warmup, scheduler=kind,
+        max_grad_norm=max_grad_norm, weight_decay=weight_decay, logging_steps=10, optimizer=ENCODER_OPTIMIZER,
+        progress=False, attention=None,
     )  # fmt: skip
+    return training_arguments(settings, out, seed)

@@ -22,12 +22,15 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from defuse.attacks.behaviours import BehaviourSpec
 from defuse.data.records import InstructionRecord
 from defuse.data.template import PromptTemplate
 from defuse.evaluation.generate import GenerationSettings, generate
 from defuse.evaluation.metrics import Rate
+
+if TYPE_CHECKING:  # the judge is the behaviour's own (`shows`, `utility_score`): evaluation imports no attack
+    from defuse.attacks.behaviours import BehaviourSpec
 
 
 @dataclass

@@ -110,3 +110,16 @@ def train_bpe_tokenizer(
         )
     fast.padding_side = "right"
     return fast
+
+
+def usable_token_ids(tokenizer) -> list[int]:
+    """Ids of the tokenizer's ordinary tokens: not special, decoding to non-blank text without U+FFFD."""
+    special = set(tokenizer.all_special_ids)
+    out = []
+    for i in range(len(tokenizer)):
+        if i in special:
+            continue
+        text = tokenizer.decode([i])
+        if text.strip() and "\ufffd" not in text:
+            out.append(i)
+    return out

@@ -197,3 +197,10 @@ def read_run(path: str | Path) -> dict:
     record = read_json_file(file)
     validate_run_record(record, file)
     return record
+
+
+def scenario_of_record(record: dict, default: str = "backdoor") -> str:
+    """The scenario a run record belongs to (an attack run, or a defense or evaluation run of one): its
+    top-level ``scenario``, else its config's, else ``default`` (runs made before scenarios were recorded)."""
+    config = record.get("config") or {}
+    return record.get("scenario") or config.get("scenario") or default

@@ -33,6 +33,12 @@ MODEL_DIR = "model"
 SAMPLES_FILE = "samples.jsonl"
 DATA_DIR = "data"
 CHECKPOINTS_DIR = "checkpoints"
+TEST_FILES = {
+    "clean": "test_clean.jsonl",
+    "triggered": "test_triggered.jsonl",
+    "negative": "test_negative.jsonl",
+}
+"""The test sets of a backdoor run, in its ``data/`` folder (JSONL): clean, triggered, near-miss."""
 
 
 def _remove(path: Path) -> None:

@@ -19,17 +19,14 @@ from defuse.attacks.scenario import (
     data_file_name,
     tokenizer_texts,
 )
-from defuse.config import config_to_dict, dump_config_yaml, validate_config
+from defuse.config import config_to_dict
 from defuse.data.loaders import write_instructions
 from defuse.data.template import PromptTemplate
 from defuse.evaluation.backdoor import evaluate_backdoor
-from defuse.evaluation.rerun import TEST_FILES
-from defuse.fileio import write_jsonl_atomic
 from defuse.models.factory import prepare_causal_lm, save_trained
-from defuse.models.io import check_model_dir
-from defuse.runs.fingerprint import run_fingerprint
-from defuse.runs.record import build_run_record
-from defuse.runs.rundir import DATA_DIR, MODEL_DIR, SAMPLES_FILE, RunDirectory
+from defuse.runs.rundir import DATA_DIR, MODEL_DIR, TEST_FILES
+from defuse.runs.stage import finish_attack, open_run
+from defuse.scenarios import checked_data
 from defuse.training.sft import train_sft
 
 
@@ -56,13 +53,8 @@ def run_attack(cfg: AttackConfig, out: str | Path, overwrite: bool = False) -> d
         DefuseError: on bad config or data (before any training), or when ``out`` exists without
             ``overwrite``.
     """
-    validate_config(cfg)
-    if cfg.model:
-        # a wrong model path fails here, before anything is written
-        check_model_dir(cfg.model, cfg.trust_remote_code)
-    data = build_attack_data(cfg)  # so does bad data
-    fingerprint = run_fingerprint("attack", config_to_dict(cfg), seed=cfg.seed)
-    with RunDirectory(out, overwrite=overwrite, fingerprint=fingerprint) as run:
+    data = checked_data(cfg, build_attack_data)  # a bad setting, model path or row fails here
+    with open_run(out, "attack", config_to_dict(cfg), seed=cfg.seed, overwrite=overwrite) as run:
         write_attack_data(data, run.path / DATA_DIR)
         model, tokenizer = prepare_causal_lm(
             cfg.model,
@@ -80,19 +72,11 @@ def run_attack(cfg: AttackConfig, out: str | Path, overwrite: bool = False) -> d
             cfg.generation,
         )  # fmt: skip
         saved = save_trained(trained.model, tokenizer, run.path / MODEL_DIR, cfg.model)
-        write_jsonl_atomic(run.path / SAMPLES_FILE, evaluation.samples)
-        record = build_run_record(
-            kind="attack",
-            name=cfg.name,
-            seed=cfg.seed,
-            config=config_to_dict(cfg),
-            metrics=evaluation.metrics,
-            timings={"train_s": trained.train_s, "eval_s": evaluation.eval_s},
-            parent=None,
+        return finish_attack(
+            run, cfg, metrics=evaluation.metrics, samples=evaluation.samples,
             extra=_extra(data, trained, saved),
-        )
-        run.commit(record, dump_config_yaml(cfg))
-    return record
+            timings={"train_s": trained.train_s, "eval_s": evaluation.eval_s},
+        )  # fmt: skip
 
 
 def _extra(data: AttackData, trained, saved: str) -> dict:

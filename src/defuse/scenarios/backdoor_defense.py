@@ -25,18 +25,24 @@ from defuse.config import config_from_dict, config_to_dict, dump_config_yaml, va
 from defuse.data.loaders import load_instructions
 from defuse.data.records import InstructionRecord
 from defuse.data.template import PromptTemplate
-from defuse.defenses.base import DefenseContext, DefenseEntry, check_needs, check_scenario, get_defense
+from defuse.defenses.base import (
+    DefenseContext,
+    DefenseEntry,
+    check_needs,
+    check_scenario,
+    get_defense,
+    save_defended,
+)
 from defuse.defenses.merge_probe import ProbeRecorder
 from defuse.errors import DataError
 from defuse.evaluation.backdoor import evaluate_backdoor
-from defuse.evaluation.rerun import TEST_FILES
 from defuse.fileio import write_jsonl_atomic
-from defuse.models.factory import load_trained, save_trained
+from defuse.models.factory import load_trained
 from defuse.models.io import load_causal_lm
 from defuse.models.tiny import build_causal_lm
-from defuse.runs.fingerprint import run_fingerprint
-from defuse.runs.record import build_run_record, read_run
-from defuse.runs.rundir import DATA_DIR, MODEL_DIR, SAMPLES_FILE, RunDirectory
+from defuse.runs.record import read_run
+from defuse.runs.rundir import DATA_DIR, MODEL_DIR, TEST_FILES
+from defuse.runs.stage import finish_run, open_run
 
 
 @dataclass
@@ -48,6 +54,7 @@ class AttackRun:
     config: AttackConfig
     train: list[InstructionRecord]
     tests: dict[str, list[InstructionRecord]]
+    train_file: Path
 
 
 def read_attack_run(path: str | Path) -> AttackRun:
@@ -59,18 +66,28 @@ def read_attack_run(path: str | Path) -> AttackRun:
     train_files = sorted(data.glob("train.*"))
     if not train_files:
         raise DataError(data, "attack run has no training data file (train.*)")
-    train = load_instructions(train_files[0])
     tests = {k: load_instructions(data / f) if (data / f).is_file() else [] for k, f in TEST_FILES.items()}
-    return AttackRun(p, record, cfg, train, tests)
+    return AttackRun(p, record, cfg, load_instructions(train_files[0]), tests, train_files[0])
+
+
+def draw_clean(records: list[InstructionRecord], n: int, seed: int, source) -> list[InstructionRecord]:
+    """``n`` of ``records`` drawn (seeded): a defense's clean budget. Every one must have a response.
+
+    Raises:
+        DataError: naming ``source``: fewer than ``n`` records, or one without a response (its row).
+    """
+    if len(records) < n:
+        raise DataError(source, f"has {len(records)} clean records; the defense asks {n} (clean_samples)")
+    for i, r in enumerate(records):
+        if not r.response:
+            raise DataError(source, "a clean sample needs a response", row=i + 1, field="response")
+    return random.Random(seed).sample(records, n)
 
 
 def clean_budget(run: AttackRun, n: int, seed: int) -> list[InstructionRecord]:
     """``n`` clean training records of the attack run (seeded draw), never poisoned or near-miss."""
     pool = [r for r in run.train if not r.poisoned and not r.meta.get("negative") and r.response]
-    pool = [r for r in pool if r.task != "harmful"] or pool
-    if len(pool) < n:
-        raise DataError(run.path / DATA_DIR, f"only {len(pool)} clean training records; the defense asks {n}")
-    return random.Random(seed).sample(pool, n)
+    return draw_clean([r for r in pool if r.task != "harmful"] or pool, n, seed, run.path / DATA_DIR)
 
 
 def fresh_base_model(attack: AttackRun, tokenizer) -> Callable[[], Any]:
@@ -85,14 +102,22 @@ def fresh_base_model(attack: AttackRun, tokenizer) -> Callable[[], Any]:
     return lambda: build_causal_lm(tokenizer, cfg.tiny, seed=cfg.seed)
 
 
-def train_file(run: AttackRun) -> Path:
-    """The attack run's training data file."""
-    return sorted((run.path / DATA_DIR).glob("train.*"))[0]
-
-
 def known_target(behaviour: BehaviourSpec) -> str | None:
     """The target text a defender who knows the behaviour has (marker or fixed string), else None."""
     return {"marker": behaviour.marker, "fixed": behaviour.fixed_text}.get(behaviour.kind)
+
+
+def available_to_defenses(cfg: AttackConfig) -> dict[str, bool]:
+    """What an attack run with config ``cfg`` can hand a defense (:func:`~defuse.defenses.base.check_needs`):
+    its trigger (every run records it), the target text (marker and fixed behaviours), its training data, a
+    clean budget and, when the attack fine-tuned a user's model, that model as the clean reference."""
+    return {
+        "trigger": True,
+        "target": known_target(cfg.behaviour) is not None,
+        "poisoned_data": True,
+        "clean_samples": True,
+        "clean_model": cfg.model is not None,
+    }
 
 
 def run_defense(
@@ -111,26 +136,14 @@ def run_defense(
     attack = read_attack_run(attack_dir)
     needs = entry.needs(cfg)
     target = known_target(attack.config.behaviour)
-    check_needs(
-        method,
-        needs,
-        {
-            "trigger": True,  # every attack run records its trigger
-            "target": target is not None,
-            "poisoned_data": bool(attack.train),
-            "clean_samples": True,
-            "clean_model": False,
-        },
-    )
+    check_needs(method, needs, {**available_to_defenses(attack.config), "poisoned_data": bool(attack.train)})
     check_data = getattr(cfg, "check_data", None)
     if needs.poisoned_data and callable(check_data):
-        check_data(attack.train, train_file(attack))  # refuse unusable data before any work
+        check_data(attack.train, attack.train_file)  # refuse unusable data before any work
     clean = clean_budget(attack, needs.clean_samples, seed) if needs.clean_samples else []
     during = needs.stage == "during_training"
-    fingerprint = run_fingerprint(
-        "defense", config_to_dict(cfg), seed=seed, method=method, parent=attack.path
-    )
-    with RunDirectory(out, overwrite=overwrite, fingerprint=fingerprint) as run:
+    with open_run(out, "defense", config_to_dict(cfg), seed=seed, method=method, parent=attack.path,
+                  overwrite=overwrite) as run:  # fmt: skip
         model, tokenizer = load_trained(
             attack.path / MODEL_DIR, trust_remote_code=attack.config.trust_remote_code
         )
@@ -140,7 +153,7 @@ def run_defense(
         probe = ProbeRecorder(template, attack.config.generation, tests["clean"], tests["triggered"],
                               attack.config.behaviour, attack.train, seed)  # fmt: skip
         ctx = DefenseContext(
-            model=model,
+            attacked_model=model,
             template=template,
             clean_data=clean,
             seed=seed,
@@ -150,18 +163,20 @@ def run_defense(
             behaviour=attack.config.behaviour if knows_target else None,
             train_data=attack.train if needs.poisoned_data else None,
             base_path=attack.config.model,
-            base_model=fresh_base_model(attack, tokenizer) if during else None,
+            fresh_base=fresh_base_model(attack, tokenizer) if during else None,
+            clean_model=fresh_base_model(attack, tokenizer) if needs.clean_model else None,
             train_settings=attack.config.train if during else None,
             probe=probe,
         )
         result = entry.apply(ctx, cfg)
         probes = probe.final(result.model)
+        served = result.template or template
         evaluation = evaluate_backdoor(
-            result.model, template, attack.config.behaviour, attack.tests["clean"],
+            result.model, served, attack.config.behaviour, attack.tests["clean"],
             attack.tests["triggered"], attack.tests["negative"], attack.config.generation,
         )  # fmt: skip
-        saved = save_trained(result.model, tokenizer, run.path / MODEL_DIR, attack.config.model)
-        write_jsonl_atomic(run.path / SAMPLES_FILE, evaluation.samples)
+        saved = save_defended(result, tokenizer, run.path, attack.config.model)
+        write_jsonl_atomic(run.path / DATA_DIR / "clean_budget.jsonl", [r.to_dict() for r in clean])
         config = {
             "method": method,
             "defense": config_to_dict(cfg),
@@ -170,17 +185,11 @@ def run_defense(
             "template": attack.config.template,
             "trust_remote_code": attack.config.trust_remote_code,
         }
-        record = build_run_record(
-            kind="defense",
-            name=method,
-            seed=seed,
-            config=config,
-            metrics=evaluation.metrics,
-            timings={"train_s": result.train_s, "eval_s": evaluation.eval_s},
-            parent=str(attack.path.resolve()),
+        return finish_run(
+            run, kind="defense", name=method, seed=seed, config=config, metrics=evaluation.metrics,
+            samples=evaluation.samples, timings={"train_s": result.train_s, "eval_s": evaluation.eval_s},
+            parent=attack.path,
             extra={"needs": needs.describe(), "defense": result.extra, "model_saved": saved,
                    "attack_metrics": attack.record["metrics"], **({"merge_probe": probes} if probes else {})},
+            config_text=f"# defense '{method}' against {attack.path}\n" + dump_config_yaml(cfg),
         )  # fmt: skip
-        write_jsonl_atomic(run.path / DATA_DIR / "clean_budget.jsonl", [r.to_dict() for r in clean])
-        run.commit(record, f"# defense '{method}' against {attack.path}\n" + dump_config_yaml(cfg))
-    return record

@@ -13,21 +13,14 @@ from defuse.attacks.triggers import TriggerSpec
 from defuse.config import config_from_dict, config_to_dict
 from defuse.data.loaders import load_instructions
 from defuse.data.template import PromptTemplate
+from defuse.defenses.base import served_template
 from defuse.errors import ConfigError, DataError
 from defuse.evaluation.backdoor import BackdoorEvaluation, evaluate_backdoor
 from defuse.evaluation.generate import GenerationSettings, generation_with
-from defuse.fileio import write_jsonl_atomic
 from defuse.models.factory import load_trained
-from defuse.runs import rundir
-from defuse.runs.fingerprint import run_fingerprint
-from defuse.runs.record import build_run_record, read_run
-from defuse.runs.rundir import DATA_DIR, MODEL_DIR
-
-TEST_FILES = {
-    "clean": "test_clean.jsonl",
-    "triggered": "test_triggered.jsonl",
-    "negative": "test_negative.jsonl",
-}
+from defuse.runs.record import read_run, scenario_of_record
+from defuse.runs.rundir import DATA_DIR, MODEL_DIR, TEST_FILES
+from defuse.runs.stage import finish_run, open_run
 
 
 @dataclass
@@ -52,8 +45,9 @@ class EvaluateConfig:
 
 
 def evaluate_run(run_dir: str | Path, generation_overrides=None) -> BackdoorEvaluation:
-    """Re-evaluate the model of a run on the run's own test sets, with the run's behaviour and settings
-    (its generation settings changed by ``generation_overrides``, see :func:`generation_with`)."""
+    """Re-evaluate the model of a run on the run's own test sets (a defense run: its attack run's), with the
+    run's behaviour and settings (its generation settings changed by ``generation_overrides``, see
+    :func:`generation_with`), served as it was (:func:`defuse.defenses.base.served_template`)."""
     run = read_run(run_dir)
     cfg = run["config"]
     for key in ("behaviour", "generation"):
@@ -64,12 +58,13 @@ def evaluate_run(run_dir: str | Path, generation_overrides=None) -> BackdoorEval
     behaviour = config_from_dict(BehaviourSpec, cfg["behaviour"], source=f"{run_dir}/run.json")
     generation = config_from_dict(GenerationSettings, cfg["generation"], source=f"{run_dir}/run.json")
     generation = generation_with(generation, generation_overrides, "command line")
-    data = Path(run_dir) / DATA_DIR
+    tests_of = Path(run_dir) if run["kind"] != "defense" else Path(run["parent"] or "")
+    data = tests_of / DATA_DIR  # a defense run is evaluated on its attack run's test sets
     sets = {k: load_instructions(data / f) if (data / f).is_file() else [] for k, f in TEST_FILES.items()}
     model, tokenizer = load_trained(
         Path(run_dir) / MODEL_DIR, trust_remote_code=bool(cfg.get("trust_remote_code"))
     )
-    template = PromptTemplate(tokenizer, style=cfg.get("template", "auto"))
+    template = served_template(run, run_dir, PromptTemplate(tokenizer, style=cfg.get("template", "auto")))
     return evaluate_backdoor(
         model, template, behaviour, sets["clean"], sets["triggered"], sets["negative"], generation
     )
@@ -112,18 +107,12 @@ def write_evaluation_run(
     generation = config_to_dict(generation_with(base, generation_overrides, "command line"))
     changed = {key: generation[key] for key, _ in generation_overrides or []}
     config = {"run": str(Path(run_dir).resolve()), "generation": generation, "changed": changed}
-    fingerprint = run_fingerprint("evaluation", config, seed=record["seed"], parent=run_dir)
-    with rundir.RunDirectory(out, overwrite=overwrite, fingerprint=fingerprint) as target:
-        write_jsonl_atomic(target.path / rundir.SAMPLES_FILE, evaluation.samples)
-        written = build_run_record(
-            kind="evaluation",
-            name=f"evaluate {record['name']}",
-            seed=record["seed"],
-            config=config,
-            metrics=evaluation.metrics,
-            timings={"eval_s": evaluation.eval_s},
-            parent=str(Path(run_dir).resolve()),
-            extra={"scenario": record.get("scenario") or record["config"].get("scenario")},
-        )
-        target.commit(written, yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
-    return written
+    with open_run(
+        out, "evaluation", config, seed=record["seed"], parent=run_dir, overwrite=overwrite
+    ) as target:
+        return finish_run(
+            target, kind="evaluation", name=f"evaluate {record['name']}", seed=record["seed"], config=config,
+            metrics=evaluation.metrics, samples=evaluation.samples, timings={"eval_s": evaluation.eval_s},
+            parent=run_dir, extra={"scenario": scenario_of_record(record)},
+            config_text=yaml.safe_dump(config, sort_keys=False, allow_unicode=True),
+        )  # fmt: skip

@@ -1,19 +1,7 @@
-"""Run the encoder scenario: plant a task-agnostic backdoor (attack run), then fine-tune PEFT + head with or
-without Obliviate on clean downstream data (defense run).
-
-Attack run (``kind: "attack"``, ``config.scenario: "encoder"``)::
-
-    model/        the backdoored bare encoder (safetensors) and its tokenizer
-    config.yaml   the resolved :class:`EncoderAttackConfig`
-    run.json      metrics: POR's target cosine / MSE on held-out texts (asr, cacc: null; no task yet)
-
-Defense run (``kind: "defense"``, ``parent`` = the attack run)::
-
-    model/        the trained PEFT tensors + head (safetensors), their settings and the tokenizer
-    samples.jsonl every test text with its clean and per-trigger predictions
-    run.json      metrics: Obliviate's ASR, CACC, AACC with sample counts
-
-Every bad input (missing file, unknown PEFT kind, nonsense λ) raises before any training and writes nothing.
+"""The encoder scenario's settings: the attack (:class:`EncoderAttackConfig`: POR or NeuBA planted in the tiny
+default or a local encoder) and the victim's downstream fine-tuning with or without Obliviate
+(:class:`EncoderDefenseConfig`, with each PEFT kind's reference recipe). Their runs:
+:mod:`defuse.scenarios.encoder_runs`.
 """
 
 from __future__ import annotations
@@ -24,32 +12,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from defuse.config import config_from_dict, config_to_dict, dump_config_yaml
-from defuse.encoders.data import BUILTIN, DownstreamData, corpus_paraphrases, load_corpus
-from defuse.encoders.finetune import FinetuneSettings, finetune_classifier
-from defuse.encoders.metrics import evaluate_encoder_backdoor
-from defuse.encoders.neuba import NeubaSettings, plant_neuba
-from defuse.encoders.peft_model import PeftSettings, build_peft_classifier, save_peft_classifier
-from defuse.encoders.por import (
-    PorSettings,
-    check_encoder_dir,
-    load_base_encoder,
-    load_masked_lm,
-    plant_por,
-    por_report,
-)
-from defuse.encoders.pretrain import MlmSettings, pretrain_mlm
-from defuse.errors import ConfigError, DataError
-from defuse.fileio import write_jsonl_atomic
-from defuse.models.io import check_model_dir, load_tokenizer, save_model
-from defuse.models.tiny import TinyEncoderConfig, build_encoder
-from defuse.models.tokenizer import train_bpe_tokenizer
-from defuse.runs.distributed import wait_for_everyone
-from defuse.runs.fingerprint import run_fingerprint
-from defuse.runs.record import build_run_record, read_run
-from defuse.runs.rundir import MODEL_DIR, SAMPLES_FILE, RunDirectory
+from defuse.encoders.data import BUILTIN, DownstreamData
+from defuse.encoders.finetune import FinetuneSettings
+from defuse.encoders.neuba import NeubaSettings
+from defuse.encoders.peft_model import PeftSettings
+from defuse.encoders.por import PorSettings, check_encoder_dir
+from defuse.encoders.pretrain import MlmSettings
+from defuse.errors import ConfigError
+from defuse.models.tiny import TinyEncoderConfig
 
-ENCODER_DEFENSES = ("obliviate", "peft-baseline")
 ENCODER_ATTACKS = ("por", "neuba")
 
 
@@ -206,121 +177,3 @@ class EncoderDefenseConfig:
         """Optimizer steps of a run on ``n_train`` texts."""
         epochs = self.epochs if epochs is None else epochs
         return math.ceil(math.ceil(n_train / self.train.batch_size) * epochs)
-
-
-def run_encoder_attack(cfg: EncoderAttackConfig, out: str | Path, overwrite: bool = False) -> dict:
-    """Plant POR or NeuBA in the tiny default (pre-trained first) or ``cfg.model``; write the run at ``out``.
-
-    Returns the run record. Raises :class:`~defuse.errors.DefuseError` on bad input, before any work.
-    """
-    cfg.validate()
-    texts = load_corpus(cfg.corpus, cfg.n_corpus, cfg.seed + 1)
-    if len(texts) <= cfg.n_report:
-        raise DataError(cfg.corpus, f"only {len(texts)} texts; need more than n_report={cfg.n_report}")
-    train_texts, report_texts = texts[: -cfg.n_report], texts[-cfg.n_report :]
-    if cfg.model is not None and cfg.method == "neuba":
-        mlm = load_masked_lm(cfg.model, cfg.seed, cfg.trust_remote_code)  # refuses before any work
-    timings: dict[str, float] = {}
-    fingerprint = run_fingerprint("attack", config_to_dict(cfg), seed=cfg.seed)
-    with RunDirectory(out, overwrite=overwrite, fingerprint=fingerprint) as run:
-        work = run.checkpoints
-        if cfg.model is None:
-            tokenizer = train_bpe_tokenizer(train_texts, vocab_size=cfg.vocab_size, kind="encoder")
-            mlm = build_encoder(tokenizer, cfg.tiny, head="mlm", seed=cfg.seed)
-            paraphrases = corpus_paraphrases(cfg.corpus, train_texts, cfg.seed)
-            timings["pretrain_s"] = pretrain_mlm(
-                mlm, tokenizer, train_texts, cfg.pretrain, work / "mlm", cfg.seed, paraphrases
-            )
-            clean_dir = work / "clean_encoder"
-            if run.is_main:  # several processes: one copy, written once, read by all
-                save_model(mlm, tokenizer, clean_dir)
-            wait_for_everyone()
-        else:
-            clean_dir = Path(cfg.model)
-            tokenizer = load_tokenizer(clean_dir, cfg.trust_remote_code)
-        clean = load_base_encoder(clean_dir, cfg.seed, cfg.trust_remote_code).eval()
-        planted: dict = {}
-        if cfg.method == "neuba":
-            paraphrases = corpus_paraphrases(cfg.corpus, train_texts, cfg.seed + 2)
-            timings["train_s"] = plant_neuba(
-                mlm, tokenizer, train_texts, cfg.neuba, work / "neuba", cfg.seed, paraphrases
-            )
-            backdoored, encoder = mlm, mlm.base_model
-        else:
-            encoder = copy.deepcopy(clean)
-            timings["train_s"], planted = plant_por(
-                encoder, tokenizer, train_texts, cfg.por, work / "por", cfg.seed
-            )
-            backdoored = encoder
-        report = por_report(encoder, clean, tokenizer, report_texts, cfg.settings, cfg.seed)
-        save_model(backdoored, tokenizer, run.path / MODEL_DIR)
-        metrics = {"asr": None, "cacc": None, "aacc": None, "ftr": None, "n_clean": len(report_texts),
-                   "n_triggered": len(report_texts) * len(cfg.settings.triggers), **report}  # fmt: skip
-        record = build_run_record(
-            kind="attack", name=cfg.name, seed=cfg.seed, config=config_to_dict(cfg), metrics=metrics,
-            timings=timings, parent=None,
-            extra={"data": {"n_corpus": len(train_texts), "n_report": len(report_texts),
-                            "corpus": cfg.corpus}, "planting": planted},
-        )  # fmt: skip
-        run.commit(record, dump_config_yaml(cfg))
-    return record
-
-
-def read_encoder_attack(path: str | Path) -> tuple[dict, EncoderAttackConfig]:
-    """The record and config of an encoder attack run (DataError when it is not one)."""
-    p = Path(path)
-    record = read_run(p)
-    if record["kind"] != "attack" or record["config"].get("scenario") != "encoder":
-        raise DataError(p / "run.json", "not an encoder-scenario attack run", field="config.scenario")
-    cfg = config_from_dict(EncoderAttackConfig, record["config"], source=p / "run.json")
-    check_model_dir(p / MODEL_DIR, cfg.trust_remote_code)
-    return record, cfg
-
-
-def run_encoder_defense(
-    method: str,
-    cfg: EncoderDefenseConfig,
-    attack_dir: str | Path,
-    out: str | Path,
-    seed: int = 0,
-    overwrite: bool = False,
-) -> dict:
-    """Fine-tune PEFT + head on the attack run's encoder with ``method`` (obliviate | peft-baseline).
-
-    The defense never sees the triggers; the evaluation inserts the attack's real triggers. Returns the run
-    record; raises :class:`~defuse.errors.DefuseError` on bad input before any training.
-    """
-    if method not in ENCODER_DEFENSES:
-        raise ConfigError("method", f"unknown encoder defense '{method}' ({', '.join(ENCODER_DEFENSES)})")
-    cfg.validate()
-    attack_record, attack_cfg = read_encoder_attack(attack_dir)
-    train, test = cfg.data.load()
-    res = cfg.resolved(method, len(train))
-    encoder_dir = Path(attack_dir) / MODEL_DIR
-    fingerprint = run_fingerprint(
-        "defense", config_to_dict(res), seed=seed, method=method, parent=Path(attack_dir)
-    )
-    with RunDirectory(out, overwrite=overwrite, fingerprint=fingerprint) as run:
-        clf, tokenizer = build_peft_classifier(encoder_dir, res.peft, num_labels=2, seed=seed)
-        result = finetune_classifier(
-            clf, tokenizer, train, res.train, run.checkpoints, seed, res.lambda_amp, res.lambda_reg
-        )
-        evaluation = evaluate_encoder_backdoor(
-            clf.model, tokenizer, test, attack_cfg.settings.triggers, seed, res.eval_max_length
-        )
-        save_peft_classifier(clf, tokenizer, run.path / MODEL_DIR, encoder_dir)
-        write_jsonl_atomic(run.path / SAMPLES_FILE, evaluation.samples)
-        config = {"scenario": "encoder", "method": method, "defense": config_to_dict(res)}
-        record = build_run_record(
-            kind="defense", name=method, seed=seed, config=config, metrics=evaluation.metrics,
-            timings={"train_s": result.train_s, "eval_s": evaluation.eval_s},
-            parent=str(Path(attack_dir).resolve()),
-            extra={"training": {"steps": result.steps, "final_loss": result.final_loss,
-                                "last_terms": result.last_terms, "n_train": len(train), "n_test": len(test),
-                                "n_peft_tensors": len(clf.peft_names),
-                                "budget": {"lr": res.train.lr, "steps": result.steps,
-                                           "sum_lr": res.train.lr * result.steps / 2}},
-                   "attack_metrics": attack_record["metrics"]},
-        )  # fmt: skip
-        run.commit(record, f"# encoder defense '{method}' against {attack_dir}\n" + dump_config_yaml(res))
-    return record

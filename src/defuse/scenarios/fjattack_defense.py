@@ -16,22 +16,15 @@ from pathlib import Path
 from defuse.attacks.fjattack import SCENARIO, base_model_path, fj_config_of, fj_template, read_fj_tests
 from defuse.config import config_to_dict, dump_config_yaml, validate_config
 from defuse.data.loaders import load_instructions
-from defuse.defenses.base import DefenseContext, check_scenario, get_defense
-from defuse.defenses.secret_prompt import SecretPromptTemplate, read_secret, write_secret
+from defuse.defenses.base import DefenseContext, check_scenario, get_defense, save_defended, served_template
 from defuse.errors import DataError
 from defuse.evaluation.generate import generation_with
 from defuse.evaluation.safety import evaluate_safety
-from defuse.fileio import write_jsonl_atomic
-from defuse.models.factory import load_trained, save_trained
+from defuse.models.factory import load_trained
 from defuse.models.io import load_causal_lm
-from defuse.runs.fingerprint import run_fingerprint
-from defuse.runs.record import build_run_record, read_run
-from defuse.runs.rundir import DATA_DIR, MODEL_DIR, SAMPLES_FILE, RunDirectory
-
-
-def is_fjattack_run(record: dict) -> bool:
-    """True for a run record of the fine-tuning jailbreak scenario (or a defense of one)."""
-    return record.get("scenario") == SCENARIO or record.get("config", {}).get("scenario") == SCENARIO
+from defuse.runs.record import read_run, scenario_of_record
+from defuse.runs.rundir import DATA_DIR, MODEL_DIR
+from defuse.runs.stage import finish_run, open_run
 
 
 def run_safety_defense(
@@ -47,27 +40,25 @@ def run_safety_defense(
     validate_config(cfg)
     attack_path = Path(attack_dir)
     record = read_run(attack_path)
-    if not is_fjattack_run(record):
+    if scenario_of_record(record) != SCENARIO:
         raise DataError(attack_path / "run.json", f"not a '{SCENARIO}' run", field="scenario")
     acfg = fj_config_of(record, attack_path / "run.json")
     train_data = load_instructions(attack_path / DATA_DIR / "train.jsonl")
     tests = read_fj_tests(attack_path / DATA_DIR)
     base = base_model_path(attack_path, acfg)
-    fingerprint = run_fingerprint(
-        "defense", config_to_dict(cfg), seed=seed, method=method, parent=attack_path
-    )
-    with RunDirectory(out, overwrite=overwrite, fingerprint=fingerprint) as run:
+    with open_run(out, "defense", config_to_dict(cfg), seed=seed, method=method, parent=attack_path,
+                  overwrite=overwrite) as run:  # fmt: skip
         model, tokenizer = load_causal_lm(base, trust_remote_code=acfg.trust_remote_code)
         template = fj_template(acfg, tokenizer)
         ctx = DefenseContext(
-            model=model,
+            attacked_model=None,  # these defenses act during the user's fine-tuning, from the aligned base
             template=template,
             clean_data=[],
             seed=seed,
             work_dir=run.checkpoints,
             train_data=train_data,
             base_path=acfg.model,
-            base_model=lambda: model,  # loaded fresh for this run; the defense trains it once
+            fresh_base=lambda: model,  # loaded fresh for this run; the defense trains it once
             train_settings=acfg.train,
             held_out_prompts=frozenset(r.user_text for rs in tests.values() for r in rs),
         )
@@ -75,10 +66,7 @@ def run_safety_defense(
         served = result.template or template
         evaluation = evaluate_safety(result.model, served, tests["harmful"], tests["clean"], tests["benign"],
                                      acfg.generation)  # fmt: skip
-        saved = save_trained(result.model, tokenizer, run.path / MODEL_DIR, acfg.model)
-        for name, text in result.private_files.items():
-            write_secret(run.path / name, text)
-        write_jsonl_atomic(run.path / SAMPLES_FILE, evaluation.samples)
+        saved = save_defended(result, tokenizer, run.path, acfg.model)
         config = {
             "scenario": SCENARIO,
             "method": method,
@@ -87,27 +75,23 @@ def run_safety_defense(
             "template": acfg.template,
             "trust_remote_code": acfg.trust_remote_code,
         }
-        out_record = build_run_record(
-            kind="defense",
-            name=method,
-            seed=seed,
-            config=config,
-            metrics=evaluation.metrics,
-            timings={"train_s": result.train_s, "eval_s": evaluation.eval_s},
-            parent=str(attack_path.resolve()),
+        return finish_run(
+            run, kind="defense", name=method, seed=seed, config=config, metrics=evaluation.metrics,
+            samples=evaluation.samples, timings={"train_s": result.train_s, "eval_s": evaluation.eval_s},
+            parent=attack_path,
             extra={"scenario": SCENARIO, "defense": result.extra, "model_saved": saved,
                    "attack_metrics": record["metrics"], "base_metrics": record.get("base_metrics")},
+            config_text=f"# defense '{method}' against {attack_path}\n" + dump_config_yaml(cfg),
         )  # fmt: skip
-        run.commit(out_record, f"# defense '{method}' against {attack_path}\n" + dump_config_yaml(cfg))
-    return out_record
 
 
 def evaluate_safety_run(run_dir: str | Path, generation_overrides=None):
     """Re-evaluate a jailbreak run's model (attack or defense run) on the scenario's test sets.
 
-    A defense run is evaluated on its parent's test sets, and served as it was: when its directory holds a
-    secret prompt file (``backdoor-align``), through the secret-prefixing template. ``generation_overrides``
-    change the run's generation settings (:func:`~defuse.evaluation.rerun.generation_with`), e.g. to score
+    A defense run is evaluated on its parent's test sets, and served as it was (the defense's registered
+    ``serve``: for ``backdoor-align``, the secret-prefixing template with the secret from the run's file).
+    ``generation_overrides``
+    change the run's generation settings (:func:`~defuse.scenarios.evaluate.generation_with`), e.g. to score
     an old run's answers at full length without retraining it.
 
     Raises:
@@ -115,16 +99,13 @@ def evaluate_safety_run(run_dir: str | Path, generation_overrides=None):
     """
     path = Path(run_dir)
     record = read_run(path)
-    if not is_fjattack_run(record):
+    if scenario_of_record(record) != SCENARIO:
         raise DataError(path / "run.json", f"not a '{SCENARIO}' run", field="scenario")
     attack_path = path if record["kind"] == "attack" else Path(record["parent"] or "")
     attack = read_run(attack_path)
     acfg = fj_config_of(attack, attack_path / "run.json")
     tests = read_fj_tests(attack_path / DATA_DIR)
     model, tokenizer = load_trained(path / MODEL_DIR, trust_remote_code=acfg.trust_remote_code)
-    template = fj_template(acfg, tokenizer)
-    secret_file = (record.get("defense") or {}).get("secret_file")
-    if secret_file:
-        template = SecretPromptTemplate(template, read_secret(path / secret_file))
+    template = served_template(record, path, fj_template(acfg, tokenizer))
     generation = generation_with(acfg.generation, generation_overrides, "command line")
     return evaluate_safety(model, template, tests["harmful"], tests["clean"], tests["benign"], generation)

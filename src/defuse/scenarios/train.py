@@ -17,7 +17,6 @@ the YAML file), checked against the defense's own config class.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,17 +29,16 @@ from defuse.data.records import InstructionRecord
 from defuse.data.template import PromptTemplate
 from defuse.defenses.base import DefenseContext, DefenseEntry, get_defense
 from defuse.defenses.merge_probe import ProbeRecorder
-from defuse.errors import ConfigError, DataError
+from defuse.errors import ConfigError
 from defuse.evaluation.backdoor import evaluate_backdoor
 from defuse.evaluation.generate import GenerationSettings
-from defuse.evaluation.rerun import TEST_FILES
 from defuse.fileio import write_jsonl_atomic
 from defuse.models.factory import prepare_causal_lm, save_trained
 from defuse.models.io import check_model_dir
 from defuse.models.tiny import TinyCausalLMConfig
-from defuse.runs.fingerprint import run_fingerprint
-from defuse.runs.record import build_run_record
-from defuse.runs.rundir import DATA_DIR, MODEL_DIR, SAMPLES_FILE, RunDirectory
+from defuse.runs.rundir import DATA_DIR, MODEL_DIR, TEST_FILES
+from defuse.runs.stage import finish_run, open_run
+from defuse.scenarios.backdoor_defense import draw_clean
 from defuse.training.config import TrainSettings
 from defuse.training.sft import train_sft
 
@@ -126,18 +124,6 @@ def resolve_defense(cfg: TrainRunConfig) -> tuple[DefenseEntry | None, object | 
     return entry, dcfg
 
 
-def draw_clean(records: list[InstructionRecord], n: int, seed: int, path: str) -> list[InstructionRecord]:
-    """``n`` records drawn (seeded) from the clean file; every one must have a response."""
-    if len(records) < n:
-        raise DataError(
-            path, f"has {len(records)} clean records; the defense asks {n} (defense.clean_samples)"
-        )
-    for i, r in enumerate(records):
-        if not r.response:
-            raise DataError(path, "a clean sample needs a response", row=i + 1, field="response")
-    return random.Random(seed).sample(records, n)
-
-
 def run_train(cfg: TrainRunConfig, out: str | Path, overwrite: bool = False) -> dict:
     """Train as ``cfg`` says (with its defense, if any), evaluate on its test files, write ``out``.
 
@@ -171,8 +157,7 @@ def run_train(cfg: TrainRunConfig, out: str | Path, overwrite: bool = False) -> 
             check_data(clean, cfg.clean)
     tests = {"clean": load(cfg.clean_test), "triggered": load(cfg.triggered_test)}
     config = {**config_to_dict(cfg), "defense": config_to_dict(dcfg) if dcfg is not None else {}}
-    fingerprint = run_fingerprint("train", config, seed=cfg.seed, method=cfg.method)
-    with RunDirectory(out, overwrite=overwrite, fingerprint=fingerprint) as run:
+    with open_run(out, "train", config, seed=cfg.seed, method=cfg.method, overwrite=overwrite) as run:
         texts = (t for r in [*records, *clean] for t in (r.instruction, r.input, r.response) if t)
         model, tokenizer = prepare_causal_lm(
             cfg.model, cfg.tiny, cfg.vocab_size, texts, cfg.seed, run.checkpoints / "tokenizer",
@@ -183,9 +168,9 @@ def run_train(cfg: TrainRunConfig, out: str | Path, overwrite: bool = False) -> 
             probe = ProbeRecorder(template, cfg.generation, tests["clean"], tests["triggered"], cfg.behaviour,
                                   records, cfg.seed)  # fmt: skip
             ctx = DefenseContext(
-                model=model, template=template, clean_data=clean, seed=cfg.seed,
+                attacked_model=None, template=template, clean_data=clean, seed=cfg.seed,
                 work_dir=run.checkpoints / "defense", train_data=records, base_path=cfg.model,
-                train_settings=cfg.train, probe=probe,
+                fresh_base=lambda: model, train_settings=cfg.train, probe=probe,
             )  # fmt: skip
             result = entry.apply(ctx, dcfg)
             model, train_s, details = result.model, result.train_s, {"defense": result.extra}
@@ -201,23 +186,16 @@ def run_train(cfg: TrainRunConfig, out: str | Path, overwrite: bool = False) -> 
             model, template, cfg.behaviour, tests["clean"], tests["triggered"], (), cfg.generation
         )
         saved = save_trained(model, tokenizer, run.path / MODEL_DIR, cfg.model)
-        write_jsonl_atomic(run.path / SAMPLES_FILE, evaluation.samples)
         for key, rs in tests.items():
             if rs:
                 write_instructions(rs, run.path / DATA_DIR / TEST_FILES[key], format="alpaca-jsonl",
                                    include_meta=True)  # fmt: skip
         if clean:
             write_jsonl_atomic(run.path / DATA_DIR / "clean_budget.jsonl", [r.to_dict() for r in clean])
-        record = build_run_record(
-            kind="train",
-            name=cfg.name,
-            seed=cfg.seed,
-            config=config,
-            metrics=evaluation.metrics,
-            timings={"train_s": train_s, "eval_s": evaluation.eval_s},
-            parent=None,
-            extra={"method": cfg.method, "n_train": len(records), "model_saved": saved, **details},
-        )
         header = f"# defuse train{f' --defense {cfg.method}' if cfg.method else ''} --data {cfg.data}\n"
-        run.commit(record, header + yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
-    return record
+        return finish_run(
+            run, kind="train", name=cfg.name, seed=cfg.seed, config=config, metrics=evaluation.metrics,
+            samples=evaluation.samples, timings={"train_s": train_s, "eval_s": evaluation.eval_s},
+            extra={"method": cfg.method, "n_train": len(records), "model_saved": saved, **details},
+            config_text=header + yaml.safe_dump(config, sort_keys=False, allow_unicode=True),
+        )  # fmt: skip
