@@ -73,14 +73,12 @@ class DropWordTemplate(PromptTemplate):
                                              input=self._drop(record.input)))  # fmt: skip
 
 
-def serve_drop_word(cfg: DropWordConfig, template: PromptTemplate, _run_dir) -> PromptTemplate:
-    return DropWordTemplate(template, cfg.word)
+def serve_drop_word(cfg: DropWordConfig, model, template: PromptTemplate, _run_dir):
+    return model, DropWordTemplate(template, cfg.word)
 
 
 def apply_drop_word(ctx: DefenseContext, cfg: DropWordConfig) -> DefenseResult:
-    return DefenseResult(
-        ctx.attacked_model, 0.0, {"word": cfg.word}, template=serve_drop_word(cfg, ctx.template, None)
-    )
+    return DefenseResult(ctx.attacked_model, 0.0, {"word": cfg.word})  # the model as it is; served filtered
 
 
 @pytest.fixture

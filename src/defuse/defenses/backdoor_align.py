@@ -115,12 +115,10 @@ def the_secret(ctx: DefenseContext, cfg: BackdoorAlignConfig) -> str:
     return broadcast_text(secret)  # several processes: all train (and serve) the main one's secret
 
 
-def serve_with_secret(
-    cfg: BackdoorAlignConfig, template: PromptTemplate, run_dir: Path
-) -> SecretPromptTemplate:
-    """How a backdoor-align run is served again: its template with the secret from the run's own file
-    (checked owner-only by :func:`~defuse.defenses.secret_prompt.read_secret`)."""
-    return SecretPromptTemplate(template, read_secret(Path(run_dir) / SECRET_FILE))
+def serve_with_secret(cfg: BackdoorAlignConfig, model, template: PromptTemplate, run_dir: Path):
+    """How a backdoor-align run is served: the model through its template with the secret from the run's own
+    file (checked owner-only by :func:`~defuse.defenses.secret_prompt.read_secret`)."""
+    return model, SecretPromptTemplate(template, read_secret(Path(run_dir) / SECRET_FILE))
 
 
 @register_defense("backdoor-align", BackdoorAlignConfig, safety_needs,
@@ -129,7 +127,8 @@ def serve_with_secret(
 def apply_backdoor_align(ctx: DefenseContext, cfg: BackdoorAlignConfig) -> DefenseResult:
     """Fine-tune the base on the user's data plus ``cfg.k`` secret-prefixed safety examples.
 
-    Returns the model with the secret-prefixing template to serve it with, and the secret as a private file.
+    Returns the model and the secret as a private file; its runs serve it with the secret
+    (:func:`serve_with_secret`).
     """
     tokenizer = ctx.template.tokenizer
     secret = the_secret(ctx, cfg)
@@ -139,5 +138,4 @@ def apply_backdoor_align(ctx: DefenseContext, cfg: BackdoorAlignConfig) -> Defen
     result, n_train = fine_tune_with(ctx, prefixed, cfg.train, cut=cfg.cut_safety)
     extra = {"k": len(prefixed), "n_train": n_train, "steps": result.steps, "secret_kind": cfg.secret_kind,
              "secret": secret_fingerprint(secret, tokenizer), "secret_file": SECRET_FILE}  # fmt: skip
-    return DefenseResult(result.model, result.train_s, extra, template=served,
-                         private_files={SECRET_FILE: secret})  # fmt: skip
+    return DefenseResult(result.model, result.train_s, extra, private_files={SECRET_FILE: secret})

@@ -113,10 +113,6 @@ class DefenseResult:
         model: The defended model; the runner saves it into the run directory.
         train_s: Seconds spent training.
         extra: JSON-ready details for ``run.json`` (never a secret).
-        template: The template the defended model must be served with (None: the context's own): a secret
-            prefix, an input filter, anything a :class:`PromptTemplate` subclass does to a prompt. Every
-            evaluation of the run goes through it; a defense that returns one registers ``serve``, which
-            rebuilds it from the run directory for ``defuse evaluate --run`` and the report.
         private_files: File name -> text the runner writes into the run directory with owner-only
             permissions (mode 0600), e.g. a secret prompt; never logged or put in ``run.json``.
         tokenizer: The tokenizer to save with the model where the context has no template (the encoder).
@@ -125,9 +121,12 @@ class DefenseResult:
     model: Any
     train_s: float
     extra: dict = field(default_factory=dict)
-    template: PromptTemplate | None = None
     private_files: dict[str, str] = field(default_factory=dict)
     tokenizer: Any = None
+
+
+Serve = Callable[[Any, Any, PromptTemplate, Path], tuple[Any, PromptTemplate]]
+"""``serve(cfg, model, template, run_dir) -> (model, template)``: how a defense's runs are served."""
 
 
 @dataclass(frozen=True)
@@ -140,7 +139,7 @@ class DefenseEntry:
     apply: Callable[[DefenseContext, Any], DefenseResult]
     summary: str
     scenarios: tuple[str, ...] = ("backdoor",)
-    serve: Callable[[Any, PromptTemplate, Path], PromptTemplate] | None = None
+    serve: Serve | None = None
 
 
 DEFENSES: dict[str, DefenseEntry] = {}
@@ -152,14 +151,17 @@ def register_defense(
     needs: Callable[[Any], DefenseNeeds],
     summary: str,
     scenarios: tuple[str, ...] = ("backdoor",),
-    serve: Callable[[Any, PromptTemplate, Path], PromptTemplate] | None = None,
+    serve: Serve | None = None,
 ):
     """Decorator registering ``apply(ctx, cfg) -> DefenseResult`` under ``name``.
 
     ``scenarios`` names the attack scenarios the defense applies to (``"backdoor"``: data-poisoning
     backdoors; ``"fjattack"``: the fine-tuning jailbreak; ``"encoder"``: a backdoored encoder's downstream
-    fine-tuning). ``serve(cfg, template, run_dir) -> template`` rebuilds the template a run of the defense is
-    served with (its ``DefenseResult.template``) from its config and its run directory.
+    fine-tuning). A defense whose model is served differently (a secret prompt, an input filter through a
+    :class:`PromptTemplate` subclass, a decoding rule through a model wrapper) registers
+    ``serve(cfg, model, template, run_dir) -> (model, template)``: from its config, the saved model and the
+    run directory (its private files), what every evaluation of its runs uses, at the run and again later
+    (``defuse evaluate --run``, the bench).
     """
 
     def decorate(apply: Callable[[DefenseContext, Any], DefenseResult]):
@@ -203,21 +205,24 @@ def save_defended(result: DefenseResult, tokenizer, run_path: Path, base_path: s
     return saved
 
 
-def served_template(record: dict, run_dir: str | Path, template: PromptTemplate) -> PromptTemplate:
-    """The template a run is served with: for a defense run whose defense registered ``serve``, what
-    ``serve`` rebuilds from the run's recorded config and directory; ``template`` otherwise."""
+def served(entry: DefenseEntry, cfg: Any, model: Any, template: PromptTemplate, run_dir: str | Path):
+    """``(model, template)`` as a run of ``entry`` is served: through its ``serve`` when it has one."""
+    return (model, template) if entry.serve is None else entry.serve(cfg, model, template, Path(run_dir))
+
+
+def served_run(record: dict, run_dir: str | Path, model: Any, template: PromptTemplate):
+    """``(model, template)`` as the run of ``record`` at ``run_dir`` was served: for a defense run, through
+    its defense's ``serve`` (config from the record); any other run as it is."""
     method = (record.get("config") or {}).get("method")
     if record.get("kind") != "defense" or not method:
-        return template
-    entry = get_defense(method)
-    if entry.serve is None:
-        return template
+        return model, template
     from defuse.config import config_from_dict
 
+    entry = get_defense(method)
     cfg = config_from_dict(
         entry.config_cls, record["config"].get("defense") or {}, source=f"{run_dir}/run.json"
     )
-    return entry.serve(cfg, template, Path(run_dir))
+    return served(entry, cfg, model, template, run_dir)
 
 
 def check_needs(name: str, needs: DefenseNeeds, available: dict[str, bool]) -> None:

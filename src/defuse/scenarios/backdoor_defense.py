@@ -32,6 +32,7 @@ from defuse.defenses.base import (
     check_scenario,
     get_defense,
     save_defended,
+    served,
 )
 from defuse.defenses.merge_probe import ProbeRecorder
 from defuse.errors import DataError
@@ -170,12 +171,12 @@ def run_defense(
         )
         result = entry.apply(ctx, cfg)
         probes = probe.final(result.model)
-        served = result.template or template
+        saved = save_defended(result, tokenizer, run.path, attack.config.model)
+        model, template = served(entry, cfg, result.model, template, run.path)
         evaluation = evaluate_backdoor(
-            result.model, served, attack.config.behaviour, attack.tests["clean"],
+            model, template, attack.config.behaviour, attack.tests["clean"],
             attack.tests["triggered"], attack.tests["negative"], attack.config.generation,
         )  # fmt: skip
-        saved = save_defended(result, tokenizer, run.path, attack.config.model)
         write_jsonl_atomic(run.path / DATA_DIR / "clean_budget.jsonl", [r.to_dict() for r in clean])
         config = {
             "method": method,

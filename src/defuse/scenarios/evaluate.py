@@ -13,7 +13,7 @@ from defuse.attacks.triggers import TriggerSpec
 from defuse.config import config_from_dict, config_to_dict
 from defuse.data.loaders import load_instructions
 from defuse.data.template import PromptTemplate
-from defuse.defenses.base import served_template
+from defuse.defenses.base import served_run
 from defuse.errors import ConfigError, DataError
 from defuse.evaluation.backdoor import BackdoorEvaluation, evaluate_backdoor
 from defuse.evaluation.generate import GenerationSettings, generation_with
@@ -47,7 +47,7 @@ class EvaluateConfig:
 def evaluate_run(run_dir: str | Path, generation_overrides=None) -> BackdoorEvaluation:
     """Re-evaluate the model of a run on the run's own test sets (a defense run: its attack run's), with the
     run's behaviour and settings (its generation settings changed by ``generation_overrides``, see
-    :func:`generation_with`), served as it was (:func:`defuse.defenses.base.served_template`)."""
+    :func:`generation_with`), served as it was (:func:`defuse.defenses.base.served_run`)."""
     run = read_run(run_dir)
     cfg = run["config"]
     for key in ("behaviour", "generation"):
@@ -64,7 +64,9 @@ def evaluate_run(run_dir: str | Path, generation_overrides=None) -> BackdoorEval
     model, tokenizer = load_trained(
         Path(run_dir) / MODEL_DIR, trust_remote_code=bool(cfg.get("trust_remote_code"))
     )
-    template = served_template(run, run_dir, PromptTemplate(tokenizer, style=cfg.get("template", "auto")))
+    model, template = served_run(
+        run, run_dir, model, PromptTemplate(tokenizer, style=cfg.get("template", "auto"))
+    )
     return evaluate_backdoor(
         model, template, behaviour, sets["clean"], sets["triggered"], sets["negative"], generation
     )

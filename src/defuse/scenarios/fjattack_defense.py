@@ -16,7 +16,14 @@ from pathlib import Path
 from defuse.attacks.fjattack import SCENARIO, base_model_path, fj_config_of, fj_template, read_fj_tests
 from defuse.config import config_to_dict, dump_config_yaml, validate_config
 from defuse.data.loaders import load_instructions
-from defuse.defenses.base import DefenseContext, check_scenario, get_defense, save_defended, served_template
+from defuse.defenses.base import (
+    DefenseContext,
+    check_scenario,
+    get_defense,
+    save_defended,
+    served,
+    served_run,
+)
 from defuse.errors import DataError
 from defuse.evaluation.generate import generation_with
 from defuse.evaluation.safety import evaluate_safety
@@ -63,10 +70,10 @@ def run_safety_defense(
             held_out_prompts=frozenset(r.user_text for rs in tests.values() for r in rs),
         )
         result = entry.apply(ctx, cfg)
-        served = result.template or template
-        evaluation = evaluate_safety(result.model, served, tests["harmful"], tests["clean"], tests["benign"],
-                                     acfg.generation)  # fmt: skip
         saved = save_defended(result, tokenizer, run.path, acfg.model)
+        model, template = served(entry, cfg, result.model, template, run.path)
+        evaluation = evaluate_safety(model, template, tests["harmful"], tests["clean"], tests["benign"],
+                                     acfg.generation)  # fmt: skip
         config = {
             "scenario": SCENARIO,
             "method": method,
@@ -106,6 +113,6 @@ def evaluate_safety_run(run_dir: str | Path, generation_overrides=None):
     acfg = fj_config_of(attack, attack_path / "run.json")
     tests = read_fj_tests(attack_path / DATA_DIR)
     model, tokenizer = load_trained(path / MODEL_DIR, trust_remote_code=acfg.trust_remote_code)
-    template = served_template(record, path, fj_template(acfg, tokenizer))
+    model, template = served_run(record, path, model, fj_template(acfg, tokenizer))
     generation = generation_with(acfg.generation, generation_overrides, "command line")
     return evaluate_safety(model, template, tests["harmful"], tests["clean"], tests["benign"], generation)
