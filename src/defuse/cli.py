@@ -65,9 +65,12 @@ def demo(
     )
     with tempfile.TemporaryDirectory(prefix="defuse-demo-") as work:
         result = run_demo(cfg, work, save_to=out)
-    rows = [[task, str(rate.n), f"{100 * rate.value:.1f}%"] for task, rate in result.accuracy.items()]
-    console.print(_table("Clean exact-match accuracy of the tiny default model, per task kind",
-                         ["task", "n", "exact match"], rows))  # fmt: skip
+    rows = {task: [task, str(rate.n), f"{100 * rate.value:.1f}%"] for task, rate in result.accuracy.items()}
+    table = _table("Clean exact-match accuracy of the tiny default model, per task kind",
+                   ["task", "n", "exact match"], [r for t, r in rows.items() if t != "all"])  # fmt: skip
+    if "all" in rows:
+        table.add_row(*rows["all"], style="bold")
+    console.print(table)
     console.print(
         f"{result.n_params:,} parameters, {result.steps} steps; train {result.train_s:.1f}s, "
         f"evaluation {result.eval_s:.1f}s." + (f" Model saved to {out}." if out else "")
