@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from dataclasses import dataclass, is_dataclass, replace
 
 import pytest
@@ -116,6 +117,11 @@ def test_an_input_filter_is_one_registration_and_runs_everywhere(drop_word, atta
     again = runner.invoke(app, ["evaluate", "--run", str(out), "--json"])
     assert again.exit_code == 0, again.output
     assert json.loads(again.output[again.output.index("{") :])["asr"] == after["asr"]
+    orphan = tmp_path / "orphan"  # a defense run whose attack run is gone: one line, not an empty evaluation
+    shutil.copytree(out, orphan)
+    (orphan / "run.json").write_text(json.dumps({**record, "parent": str(tmp_path / "gone")}))
+    lost = runner.invoke(app, ["evaluate", "--run", str(orphan)])
+    assert lost.exit_code == 2 and "gone" in lost.output and "Traceback" not in lost.output
     # and the bench runs it as a cell of the grid, beside the attack row
     scenario = {"name": "marker", "attack": config_to_dict(small_attack_config()), "defenses": [drop_word]}
     bench = {"name": "filter", "seeds": [0], "scenarios": [scenario]}

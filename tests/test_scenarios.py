@@ -127,6 +127,11 @@ def test_cli_refuses_unknown_scenarios_and_missing_runs(tmp_path):
     assert (
         bad.exit_code == 2 and "unknown scenario 'nonsense'" in bad.output and not (tmp_path / "r").exists()
     )
+    (tmp_path / "list.yaml").write_text("scenario: [a, b]\n")  # not even a name: one line, not a traceback
+    odd = runner.invoke(
+        app, ["attack", "--out", str(tmp_path / "r"), "--config", str(tmp_path / "list.yaml")]
+    )
+    assert odd.exit_code == 2 and "unknown scenario" in odd.output and not (tmp_path / "r").exists()
     missing = runner.invoke(app, ["defend", "--method", "osft", "--from", str(tmp_path / "nope"), "--out",
                                   str(tmp_path / "y")])  # fmt: skip
     assert missing.exit_code == 2 and "nope" in missing.output

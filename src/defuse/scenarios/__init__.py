@@ -145,7 +145,7 @@ def get_scenario(name: Any) -> Scenario:
     Raises:
         ConfigError: naming the ``scenario`` setting and listing the known ones.
     """
-    if name not in SCENARIOS:
+    if not isinstance(name, str) or name not in SCENARIOS:
         raise ConfigError("scenario", f"unknown scenario '{name}' ({', '.join(SCENARIOS)})")
     return SCENARIOS[name]
 

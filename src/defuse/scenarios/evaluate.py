@@ -58,8 +58,11 @@ def evaluate_run(run_dir: str | Path, generation_overrides=None) -> BackdoorEval
     behaviour = config_from_dict(BehaviourSpec, cfg["behaviour"], source=f"{run_dir}/run.json")
     generation = config_from_dict(GenerationSettings, cfg["generation"], source=f"{run_dir}/run.json")
     generation = generation_with(generation, generation_overrides, "command line")
-    tests_of = Path(run_dir) if run["kind"] != "defense" else Path(run["parent"] or "")
-    data = tests_of / DATA_DIR  # a defense run is evaluated on its attack run's test sets
+    if run["kind"] == "defense":  # a defense run is evaluated on its attack run's test sets
+        read_run(run["parent"] or Path(run_dir) / "parent")  # one line when the attack run is gone
+    data = (Path(run_dir) if run["kind"] != "defense" else Path(run["parent"])) / DATA_DIR
+    if not any((data / f).is_file() for f in TEST_FILES.values()):
+        raise DataError(data, f"no test set ({', '.join(TEST_FILES.values())}) to evaluate on")
     sets = {k: load_instructions(data / f) if (data / f).is_file() else [] for k, f in TEST_FILES.items()}
     model, tokenizer = load_trained(
         Path(run_dir) / MODEL_DIR, trust_remote_code=bool(cfg.get("trust_remote_code"))
