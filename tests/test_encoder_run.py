@@ -55,6 +55,14 @@ def test_defense_run_writes_asr_and_cacc(attack_dir, tmp_path, method, kind):
     assert (
         scenario_at(out).reevaluate_run(out).metrics == m
     )  # `defuse evaluate --run`: the saved classifier, the same numbers
+    from typer.testing import CliRunner
+
+    from defuse.cli import app
+
+    written = CliRunner().invoke(app, ["evaluate", "--run", str(out), "--out", str(tmp_path / "ev")])
+    assert written.exit_code == 0, written.output
+    ev = read_run(tmp_path / "ev")  # an evaluation run of a classifier records no generation settings
+    assert ev["metrics"] == m and ev["config"] == {"run": str(out.resolve())} and ev["scenario"] == "encoder"
     with pytest.raises(ConfigError, match="no generation setting"):
         scenario_at(out).reevaluate_run(out, [("max_new_tokens", "5")])
 

@@ -108,10 +108,12 @@ def write_evaluation_run(
     generation settings changed), ``config.yaml`` and ``samples.jsonl``; it is staged, locked and committed
     like every run (:class:`~defuse.runs.rundir.RunDirectory`). Returns the record.
     """
-    base = config_from_dict(GenerationSettings, record["config"].get("generation", {}), source=run_dir)
-    generation = config_to_dict(generation_with(base, generation_overrides, "command line"))
-    changed = {key: generation[key] for key, _ in generation_overrides or []}
-    config = {"run": str(Path(run_dir).resolve()), "generation": generation, "changed": changed}
+    config: dict = {"run": str(Path(run_dir).resolve())}
+    if "generation" in record["config"]:  # runs that generate (an encoder run classifies)
+        base = config_from_dict(GenerationSettings, record["config"]["generation"], source=run_dir)
+        generation = config_to_dict(generation_with(base, generation_overrides, "command line"))
+        changed = {key: generation[key] for key, _ in generation_overrides or []}
+        config.update(generation=generation, changed=changed)
     with open_run(
         out, "evaluation", config, seed=record["seed"], parent=run_dir, overwrite=overwrite
     ) as target:
