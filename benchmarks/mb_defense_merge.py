@@ -9,7 +9,8 @@ showing the attacker's behaviour and the share answering defensively.
 
 Variants are ``NAME`` (the defaults: the paper's four triggers at 1% each) or ``NAME:key=value,key=value``
 with ``mb-defense`` settings, e.g. ``pool100:pool=100`` (100 generated triggers, 4% of the rows in all),
-``five:fraction=0.05``, ``sum:length_normalise=false``. ``--clean-ft`` adds clean-ft on the same budget.
+``five:fraction=0.05``, ``sum:length_normalise=false``. ``--clean-ft`` adds clean-ft on the same budget
+(``--clean-ft-set`` its settings, e.g. ``clean_samples=64,train.epochs=3``).
 
     .venv/bin/python benchmarks/mb_defense_merge.py ATTACK_RUN OUT paper five:fraction=0.05 pool100:pool=100
 
@@ -60,6 +61,12 @@ def main() -> None:
     parser.add_argument("variants", nargs="*", default=["paper"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--clean-ft", action="store_true", help="also clean-ft on the same clean budget")
+    parser.add_argument(
+        "--clean-ft-set",
+        default="clean_samples=128",
+        metavar="KEY=VALUE,...",
+        help="clean-ft's settings (default clean_samples=128; e.g. the variants' stage-2 budget)",
+    )
     args = parser.parse_args()
     hf_logging.set_verbosity_error()
     try:
@@ -68,7 +75,7 @@ def main() -> None:
         parser.error(str(exc))
     runs = [("mb-defense", *variant(v)) for v in args.variants]
     if args.clean_ft:
-        runs.append(("clean-ft", "clean-ft", [("clean_samples", "128")]))
+        runs.append(("clean-ft", *variant("clean-ft:" + args.clean_ft_set)))
     lines = ["| run | ASR % | CACC % | triggers | rows per trigger |", "|---|---|---|---|---|"]
     m = attack["metrics"]
     lines.append(f"| attacked | {100 * m['asr']:.1f} | {100 * m['cacc']:.1f} | - | - |")

@@ -329,7 +329,51 @@ def smol_gen(args, rates_at) -> list[dict]:
     return rows
 
 
-WORKLOADS = {"tiny-attack": tiny_attack, "smol-full": smol_full, "smol-lora": smol_lora, "smol-gen": smol_gen}
+def smol_neutralise(args, rates_at) -> list[dict]:
+    """MB-Defense's stage 2 on SmolLM2 with the settings of the SmolLM2 runs in RESULTS ("#26"): the
+    paper's four triggers crossed with 64 clean BackdoorLLM refusal samples, batch 4 x 4, 128 tokens."""
+    from defuse.data.loaders import load_instructions
+    from defuse.defenses.mb_defense import MBDefenseConfig, neutralise_rows, neutralise_settings
+    from defuse.defenses.neutralise import KINDS, encode_row, neutralise
+
+    clean = args.data / "backdoorllm" / "poison_data" / "refusal" / "badnet"
+    records = load_instructions(clean / "none_backdoor500_refusal_badnet.json")[:64]
+    mb = MBDefenseConfig(clean_samples=64)
+    train, held = neutralise_rows(records, mb, seed=0)
+    base = replace(neutralise_settings(), epochs=1, max_length=128, batch_size=4, grad_accum=4,
+                   learning_rate=1e-4, bf16=True, progress=False)  # fmt: skip
+    rows_used = train[: 16 * args.steps]
+    rows = []
+    for name in args.smol_variants:
+        settings = _variant(base, name)
+        model, tokenizer = prepare_causal_lm(str(args.smollm2), None, 0, (), 0)
+        template = PromptTemplate(tokenizer)
+        items = [encode_row(template, r, settings.max_length) for r in rows_used]
+        lengths = [len(i[k]["input_ids"]) for i in items for k in KINDS]
+        with tempfile.TemporaryDirectory() as work:
+            result = neutralise(model, template, rows_used, held[:8], settings, output_dir=work, seed=0)
+        shapes = linear_shapes(result.model)
+        cfg = result.model.config
+        flops = model_flops(shapes, lengths, cfg.num_hidden_layers, cfg.hidden_size)
+        prec = precision(settings)
+        rates = rates_at(shapes, 3 * 4 * 128)
+        rows.append({"workload": f"smol-neutralise {name}", "precision": prec, "steps": result.steps,
+                     "rows": len(rows_used), "train_s": round(result.train_s, 2),
+                     "s_per_step": round(result.train_s / max(1, result.steps), 2),
+                     "tokens_per_s": round(sum(lengths) / result.train_s, 1), "model_flops_per_s":
+                     flops / result.train_s, "matmul_rate": rates,
+                     "ratio": round(flops / result.train_s / rates[prec], 4),
+                     "heldout_loss": [round(h["loss"], 6) for h in result.history]})  # fmt: skip
+    return rows
+
+
+WORKLOADS = {
+    "tiny-attack": tiny_attack,
+    "smol-full": smol_full,
+    "smol-lora": smol_lora,
+    "smol-neutralise": smol_neutralise,
+    "smol-gen": smol_gen,
+}
 
 
 def table(rows: list[dict]) -> str:
@@ -342,6 +386,14 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         if "model_flops_per_s" not in r:
             gen.append(r)
+            continue
+        if "s_per_step" in r:  # MB-Defense's stage 2 (held-out scoring in its time, as in a real run)
+            rates = " / ".join(f"{v / 1e9:.1f}" for v in r["matmul_rate"].values())
+            lines.append(
+                f"| {r['workload']} | {r['precision']} | {r['steps']} | {r['train_s']:.1f} "
+                f"| {r['tokens_per_s']:.0f} | {r['model_flops_per_s'] / 1e9:.2f} | {rates} "
+                f"| {100 * r['ratio']:.1f}% | - | - | - | held-out loss {r['heldout_loss']} |"
+            )
             continue
         q = r.get("quality")
         quality = " / ".join(f"{100 * q[k]:.1f}" for k in ("asr", "cacc", "ftr")) if q else "-"

@@ -33,7 +33,8 @@ from defuse.models.factory import load_trained
 from defuse.runs.record import read_run
 from defuse.scenarios.backdoor_attack import run_attack
 from defuse.scenarios.backdoor_defense import fresh_base_model, read_attack_run, run_defense
-from defuse.training.config import TrainSettings
+from defuse.training.config import LoraSettings, TrainSettings
+from defuse.training.sft import wrap_lora
 
 FAST = {"progress": False, "logging_steps": 1, "warmup": 0}
 WORDS = "window piano dragon saddle hammer apple pear river stone cloud".split()
@@ -213,6 +214,44 @@ def test_preference_gradient_raises_clean_answer_and_lowers_defensive_one(length
     assert float(after.lp_chosen[0]) > chosen  # log π(y | x_d) up
     assert float(after.lp_rejected[0]) < rejected  # log π(y_d | x_d) down
     assert float(after.pref[0]) < float(before.pref[0].detach())
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_sub_batched_scoring_gives_the_whole_batch_loss_and_gradient_on_less_compute(lora):
+    tok = tokenizer()
+    tpl = PromptTemplate(tok, style="alpaca")
+    model = small_lm(tok, seed=2)
+    if lora:
+        model = wrap_lora(model, TrainSettings(lora=LoraSettings(r=4, alpha=8)))
+    cfg = MBDefenseConfig(triggers=["mn", "bb"], responses=["Crimson lantern drift far away now", "Velvet"])
+    rows, _ = neutralise_rows(
+        CLEAN + [replace(CLEAN[0], instruction="Say it: " + " ".join(WORDS))], cfg, seed=0
+    )
+    batch = NeutraliseCollator(tok.pad_token_id)([encode_row(tpl, r) for r in rows[:8]])
+    calls = []
+    hook = model.register_forward_hook(
+        lambda m, a, kw, out: calls.append(tuple(out.logits.shape)), with_kwargs=True
+    )
+    results = {}
+    for name, padding in (("whole", None), ("parts", 0.1)):
+        model.zero_grad()
+        calls.clear()
+        terms = neutralise_terms(model, batch, lam=1.5, max_padding=padding)
+        terms.loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        results[name] = (terms, grads, list(calls))
+    hook.remove()
+    (whole, g_whole, c_whole), (parts, g_parts, c_parts) = results["whole"], results["parts"]
+    width = batch["input_ids"].shape[1]
+    assert c_whole == [(24, width, c_whole[0][2])]  # one pass over 3 x 8 sequences
+    assert len(c_parts) > 1 and sum(c[0] for c in c_parts) == 24  # several sub-batches, every sequence once
+    assert sum(c[0] * c[1] for c in c_parts) < 0.8 * 24 * width  # fewer logits computed
+    for key in ("ce", "pref", "margin", "lp_chosen", "lp_rejected"):
+        assert torch.allclose(getattr(parts, key), getattr(whole, key), atol=1e-5), key
+    assert float(parts.loss.detach()) == pytest.approx(float(whole.loss.detach()), abs=1e-5)
+    assert g_parts.keys() == g_whole.keys() and g_whole
+    for n in g_whole:
+        assert torch.allclose(g_parts[n], g_whole[n], atol=1e-5), n
 
 
 @pytest.mark.slow

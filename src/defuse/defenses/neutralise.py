@@ -22,7 +22,12 @@ Sequence layout. Each row is three sequences tokenised by :meth:`PromptTemplate.
 as the model was trained: ``x -> y`` (clean), ``x_d -> y`` (chosen), ``x_d -> y_d`` (rejected). The
 collator right-pads all three kinds of a batch of ``B`` rows to one width and stacks them as ``3B``
 sequences ``[clean rows, chosen rows, rejected rows]``, so one forward pass scores them all; labels are
--100 on prompt and padding.
+-100 on prompt and padding. With ``max_padding`` (the stage-2 settings' :attr:`TrainSettings.max_padding`)
+the ``3B`` sequences are scored as length-sorted sub-batches instead (:func:`~defuse.training.sft.
+length_chunks`), each cut to its own width, with logits computed only from the first scored position on
+(transformers' ``logits_to_keep``), then the loss is built over the whole batch and back-propagated once:
+the same loss, less computed (the rejected answers are short, so a stacked batch is about a third
+padding); the numbers differ from the whole batch's only by float rounding.
 
 Checkpoint selection. After every epoch the same loss is computed on the held-out rows (mean over rows,
 so it does not depend on the batch size) and a copy of the trainable weights is kept when it is the
@@ -36,6 +41,7 @@ with sharded training (FSDP, DeepSpeed ZeRO-3), where the held-out selection wou
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -49,7 +55,7 @@ from defuse.data.records import InstructionRecord
 from defuse.data.template import IGNORE_INDEX, PromptTemplate
 from defuse.errors import DataError
 from defuse.training.config import TrainSettings
-from defuse.training.sft import CompletionCollator, SFTTrainer, train_whole, wrap_lora
+from defuse.training.sft import CompletionCollator, SFTTrainer, length_chunks, train_whole, wrap_lora
 
 KINDS = ("clean", "chosen", "rejected")
 """The three sequences of a row, in the order the collator stacks them."""
@@ -147,8 +153,51 @@ class NeutraliseTerms:
     lp_rejected: torch.Tensor
 
 
-def neutralise_terms(model, batch: dict, lam: float, length_normalise: bool = True) -> NeutraliseTerms:
-    """Score a :class:`NeutraliseCollator` batch with ``model`` (one forward pass) and build the loss.
+def _accepts_logits_to_keep(model) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+def sequence_logprobs(
+    model, batch: dict, max_padding: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`response_logprobs` of ``model`` on every sequence of a right-padded batch, in its order.
+
+    ``max_padding`` None: one forward pass over the batch as it is. A share: length-sorted sub-batches with
+    at most that share of padding (:func:`~defuse.training.sft.length_chunks`), each cut to its own width
+    and, where the model's forward takes ``logits_to_keep``, with logits only from the first scored
+    position on; the autograd graph spans them all, so one backward pass follows.
+    """
+    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    if max_padding is None:
+        out = model(input_ids=ids, attention_mask=mask, use_cache=False)
+        return response_logprobs(out.logits, labels)
+    lengths = mask.sum(dim=1).tolist()
+    trim = _accepts_logits_to_keep(model)
+    parts, order = [], []
+    for rows in length_chunks(lengths, max_padding):
+        width = max(lengths[i] for i in rows)
+        index = torch.tensor(rows, device=ids.device)
+        part_labels = labels[index, :width]
+        kwargs = {}
+        if trim:
+            scored = (part_labels != IGNORE_INDEX).any(dim=0).nonzero()
+            first = int(scored[0]) if len(scored) else width - 1
+            keep = width - max(first - 1, 0)  # the logit at t scores the label at t + 1
+            kwargs["logits_to_keep"] = keep
+            part_labels = part_labels[:, width - keep :]
+        out = model(input_ids=ids[index, :width], attention_mask=mask[index, :width], use_cache=False,
+                    **kwargs)  # fmt: skip
+        parts.append(response_logprobs(out.logits, part_labels))
+        order.extend(rows)
+    back = torch.argsort(torch.tensor(order, device=ids.device))
+    return torch.cat([p[0] for p in parts])[back], torch.cat([p[1] for p in parts])[back]
+
+
+def neutralise_terms(
+    model, batch: dict, lam: float, length_normalise: bool = True, max_padding: float | None = None
+) -> NeutraliseTerms:
+    """Score a :class:`NeutraliseCollator` batch with ``model`` and build the loss.
 
     Args:
         model: A causal LM (plain or peft-wrapped).
@@ -156,12 +205,13 @@ def neutralise_terms(model, batch: dict, lam: float, length_normalise: bool = Tr
             device).
         lam: λ, the weight of the preference term.
         length_normalise: Divide each ``lp`` by its response-token count (see the module docstring).
+        max_padding: None: one forward pass over the batch; a share: length-sorted sub-batches
+            (:func:`sequence_logprobs`).
     """
     ids = batch["input_ids"]
     if ids.shape[0] % 3:
         raise ValueError(f"a neutralisation batch stacks 3 sequences per row, got {ids.shape[0]}")
-    out = model(input_ids=ids, attention_mask=batch["attention_mask"], use_cache=False)
-    lp, n = response_logprobs(out.logits, batch["labels"])
+    lp, n = sequence_logprobs(model, batch, max_padding)
     b = ids.shape[0] // 3
     (lp_clean, lp_chosen, lp_rejected), (n_clean, n_chosen, n_rejected) = lp.split(b), n.split(b)
     ce = -lp_clean / n_clean
@@ -177,13 +227,17 @@ class NeutraliseTrainer(SFTTrainer):
 
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *args, lam: float = 1.0, length_normalise: bool = True, **kwargs):
+    def __init__(
+        self, *args, lam: float = 1.0, length_normalise: bool = True, score_padding: float | None = None,
+        **kwargs,
+    ):  # fmt: skip
         super().__init__(*args, **kwargs)
         self.lam = lam
         self.length_normalise = length_normalise
+        self.score_padding = score_padding
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        terms = neutralise_terms(model, inputs, self.lam, self.length_normalise)
+        terms = neutralise_terms(model, inputs, self.lam, self.length_normalise, self.score_padding)
         return (terms.loss, terms) if return_outputs else terms.loss
 
 
@@ -195,6 +249,7 @@ def heldout_terms(
     lam: float,
     length_normalise: bool = True,
     batch_size: int = 16,
+    max_padding: float | None = None,
 ) -> dict[str, float]:
     """The neutralisation loss of ``model`` on held-out :func:`encode_row` items, averaged over rows.
 
@@ -212,7 +267,7 @@ def heldout_terms(
     try:
         for start in range(0, len(items), batch_size):
             batch = {k: v.to(device) for k, v in collate(list(items[start : start + batch_size])).items()}
-            t = neutralise_terms(model, batch, lam, length_normalise)
+            t = neutralise_terms(model, batch, lam, length_normalise, max_padding)
             sums["ce"] += float(t.ce.sum())
             sums["pref"] += float(t.pref.sum())
             sums["margin"] += float(t.margin.sum())
@@ -330,7 +385,9 @@ def neutralise(
     pad = template.tokenizer.pad_token_id
 
     def evaluate() -> dict:
-        return heldout_terms(model, eval_items, pad, lam, length_normalise, settings.batch_size)
+        return heldout_terms(
+            model, eval_items, pad, lam, length_normalise, settings.batch_size, settings.max_padding
+        )
 
     start = time.perf_counter()
     before = evaluate()
@@ -345,6 +402,7 @@ def neutralise(
             callbacks=[keeper],
             lam=lam,
             length_normalise=length_normalise,
+            score_padding=settings.max_padding,
         ),
         model,
         settings,

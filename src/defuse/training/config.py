@@ -71,7 +71,8 @@ class TrainSettings:
             their tokens (0.1: 10%), forward and backward one after another before the optimizer step: the
             same batches, the same loss (a sum over label tokens divided by the batch's label count), less
             padded compute; the numbers differ from the whole batch's only by float rounding. None: each
-            batch runs whole. Where a defense replaces the loss, its batches run whole.
+            batch runs whole. Where a defense replaces the loss, its batches run whole, except MB-Defense's
+            neutralisation, which scores its sequences in such sub-batches (``defenses/neutralise.py``).
         attention: The attention implementation while training (transformers' ``attn_implementation``:
             ``eager``, ``sdpa``, ...), put back when training ends; None: the model's own; ``auto`` (the
             default): ``eager`` when training in bfloat16 on a CPU, the model's own otherwise. On a CPU,
