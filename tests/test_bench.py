@@ -571,6 +571,7 @@ def test_the_real_model_presets_resolve_on_a_local_model_and_refuse_the_placehol
         "v_proj",
     ]
     assert refusal.defenses[0].config.train.lora.r == 8 and refusal.defenses[1].config.neutralise.lora.r == 8
+    assert refusal.defenses[1].config.neutralise.max_padding == 0.1
     assert refusal.defenses[2].config.clean_samples == 128 and refusal.defenses[2].config.train.lora.r == 8
     assert all(
         d.config.safety_source.endswith("pure_bad_100_with_11_safety_prefixed.jsonl")
