@@ -15,7 +15,8 @@ In one process, for each workload:
    and (tiny default) in evaluation;
 4. generation: generated tokens/s of the batched generator at 48 and 512 new tokens.
 
-Workloads: ``tiny-attack`` (the default attack, ``configs/attack-marker-word.yaml``: the whole SFT),
+Workloads: ``tiny-attack`` (the default attack, ``configs/attack-marker-word.yaml``: the whole SFT), ``tiny-align``
+(the jailbreak scenario's alignment of the tiny base, ``configs/fjattack.yaml``, ``--align-steps`` steps),
 ``smol-full`` (SmolLM2-135M-Instruct, the jailbreak's full fine-tune: BackdoorAlign's reference recipe on
 ``pure_bad_100``, batch 10, 512 tokens, bf16 where the CPU has it), ``smol-lora`` (the BackdoorLLM
 setting, ``configs/real-model-refusal-badnet.yaml``: LoRA r 8, batch 4 x 4, 512 tokens), ``smol-gen``
@@ -31,6 +32,7 @@ numbers in benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import statistics
@@ -45,6 +47,7 @@ from transformers import TrainerCallback
 from transformers.utils import logging as hf_logging
 
 from defuse.attacks.fjattack import FJAttackConfig, build_fj_data, fj_template
+from defuse.attacks.fjattack_align import vary_system_prompts
 from defuse.attacks.scenario import AttackConfig, build_attack_data
 from defuse.config import load_config
 from defuse.data.template import PromptTemplate
@@ -260,6 +263,27 @@ def tiny_attack(args, rates_at) -> list[dict]:
     return rows
 
 
+def tiny_align(args, rates_at) -> list[dict]:
+    """The jailbreak scenario's alignment of the tiny base (``configs/fjattack.yaml``, the demo's longest
+    cell), the first ``--align-steps`` optimizer steps (all of them with 0)."""
+    cfg = load_config(FJAttackConfig, ROOT / "configs" / "fjattack.yaml")
+    data = build_fj_data(cfg)
+    rows = []
+    for name in args.variants:
+        texts = (t for r in data.align_train + data.train for t in (r.instruction, r.input, r.response) if t)
+        texts = itertools.chain([cfg.system_prompt or ""], texts)
+        model, tokenizer = prepare_causal_lm(None, cfg.tiny, cfg.vocab_size, texts, cfg.seed)
+        template = fj_template(cfg, tokenizer)
+        align_rows = vary_system_prompts(data.align_train, template, cfg.align, cfg.seed)
+        settings = replace(cfg.align.train, progress=False)
+        if args.align_steps:
+            settings = replace(settings, extra={**settings.extra, "max_steps": args.align_steps})
+        row, _ = measure_training(f"tiny-align {name}", model, template, align_rows,
+                                  _variant(settings, name), cfg.seed, rates_at)  # fmt: skip
+        rows.append(row)
+    return rows
+
+
 def _fj_cfg(args) -> FJAttackConfig:
     data = args.data / "backdooralign"
     cfg = FJAttackConfig(model=str(args.smollm2))
@@ -369,6 +393,7 @@ def smol_neutralise(args, rates_at) -> list[dict]:
 
 WORKLOADS = {
     "tiny-attack": tiny_attack,
+    "tiny-align": tiny_align,
     "smol-full": smol_full,
     "smol-lora": smol_lora,
     "smol-neutralise": smol_neutralise,
@@ -437,6 +462,9 @@ def main() -> None:
         help="training variants of the SmolLM2 fine-tunes",
     )
     parser.add_argument("--steps", type=int, default=10, help="optimizer steps of the SmolLM2 fine-tunes")
+    parser.add_argument(
+        "--align-steps", type=int, default=0, help="optimizer steps of tiny-align (0: the whole alignment)"
+    )
     parser.add_argument("--gen-prompts", type=int, default=64)
     parser.add_argument("--gen-prompts-long", type=int, default=16)
     parser.add_argument("--gen-batch", type=int, default=64)

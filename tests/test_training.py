@@ -286,6 +286,8 @@ def test_bf16_runs_where_the_device_has_it_and_the_trained_model_then_computes_a
     bf16 = cpu_bf16() or torch.cuda.is_available()
     assert precision(settings) == ("bf16" if bf16 else "fp32")
     assert precision(FAST) == "fp32"
+    # the alignment sub-batches its (40% padding) batches exactly where it trains in float32
+    assert align_train_settings().max_padding == (None if bf16 else 0.1)
     # auto attention: eager for bfloat16 on a CPU (sdpa's flash backward is slow there), else the model's own
     cpu_bf16_training = bf16 and not torch.cuda.is_available()
     assert attention_implementation(settings) == ("eager" if cpu_bf16_training else None)
