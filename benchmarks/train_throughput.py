@@ -15,8 +15,11 @@ In one process, for each workload:
    and (tiny default) in evaluation;
 4. generation: generated tokens/s of the batched generator at 48 and 512 new tokens.
 
-Workloads: ``tiny-attack`` (the default attack, ``configs/attack-marker-word.yaml``: the whole SFT), ``tiny-align``
-(the jailbreak scenario's alignment of the tiny base, ``configs/fjattack.yaml``, ``--align-steps`` steps),
+Workloads: ``tiny-attack`` (the default attack, ``configs/attack-marker-word.yaml``: the whole SFT),
+``tiny-align`` (the jailbreak scenario's alignment of the tiny base, ``configs/fjattack.yaml``),
+``tiny-mb-stage1`` (MB-Defense's stage 1 in the demo: the refusal attack's data,
+``configs/attack-refusal-20.yaml``, with the four defensive triggers at 5% each; both the first
+``--tiny-steps`` steps),
 ``smol-full`` (SmolLM2-135M-Instruct, the jailbreak's full fine-tune: BackdoorAlign's reference recipe on
 ``pure_bad_100``, batch 10, 512 tokens, bf16 where the CPU has it), ``smol-lora`` (the BackdoorLLM
 setting, ``configs/real-model-refusal-badnet.yaml``: LoRA r 8, batch 4 x 4, 512 tokens), ``smol-gen``
@@ -265,7 +268,7 @@ def tiny_attack(args, rates_at) -> list[dict]:
 
 def tiny_align(args, rates_at) -> list[dict]:
     """The jailbreak scenario's alignment of the tiny base (``configs/fjattack.yaml``, the demo's longest
-    cell), the first ``--align-steps`` optimizer steps (all of them with 0)."""
+    cell), the first ``--tiny-steps`` optimizer steps (all of them with 0)."""
     cfg = load_config(FJAttackConfig, ROOT / "configs" / "fjattack.yaml")
     data = build_fj_data(cfg)
     rows = []
@@ -276,9 +279,34 @@ def tiny_align(args, rates_at) -> list[dict]:
         template = fj_template(cfg, tokenizer)
         align_rows = vary_system_prompts(data.align_train, template, cfg.align, cfg.seed)
         settings = replace(cfg.align.train, progress=False)
-        if args.align_steps:
-            settings = replace(settings, extra={**settings.extra, "max_steps": args.align_steps})
         row, _ = measure_training(f"tiny-align {name}", model, template, align_rows,
+                                  _variant(_max_steps(settings, args.tiny_steps), name), cfg.seed,
+                                  rates_at)  # fmt: skip
+        rows.append(row)
+    return rows
+
+
+def _max_steps(settings, steps: int):
+    return replace(settings, extra={**settings.extra, "max_steps": steps}) if steps else settings
+
+
+def tiny_mb_stage1(args, rates_at) -> list[dict]:
+    """MB-Defense's stage 1 as the demo runs it (``configs/demo.yaml``: the refusal attack at 20% poisoning,
+    the four default defensive triggers at 5% each), with the attack's own training settings: the defensive
+    responses (8 random words) are several times longer, in the tiny tokenizer's tokens, than the suite's
+    rows."""
+    from defuse.defenses.mb_defense import MBDefenseConfig, defensive_poison
+
+    cfg = load_config(AttackConfig, ROOT / "configs" / "attack-refusal-20.yaml")
+    data = build_attack_data(cfg)
+    records, _ = defensive_poison(data.train, MBDefenseConfig(fraction=0.05), cfg.seed)
+    settings = _max_steps(replace(cfg.train, progress=False), args.tiny_steps)
+    rows = []
+    for name in args.variants:
+        texts = (t for r in data.train for t in (r.instruction, r.input, r.response) if t)
+        model, tokenizer = prepare_causal_lm(None, cfg.tiny, cfg.vocab_size, texts, cfg.seed)
+        template = PromptTemplate(tokenizer, style=cfg.template)
+        row, _ = measure_training(f"tiny-mb-stage1 {name}", model, template, records,
                                   _variant(settings, name), cfg.seed, rates_at)  # fmt: skip
         rows.append(row)
     return rows
@@ -394,6 +422,7 @@ def smol_neutralise(args, rates_at) -> list[dict]:
 WORKLOADS = {
     "tiny-attack": tiny_attack,
     "tiny-align": tiny_align,
+    "tiny-mb-stage1": tiny_mb_stage1,
     "smol-full": smol_full,
     "smol-lora": smol_lora,
     "smol-neutralise": smol_neutralise,
@@ -463,7 +492,7 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, default=10, help="optimizer steps of the SmolLM2 fine-tunes")
     parser.add_argument(
-        "--align-steps", type=int, default=0, help="optimizer steps of tiny-align (0: the whole alignment)"
+        "--tiny-steps", type=int, default=0, help="optimizer steps of tiny-align, tiny-mb-stage1 (0: all)"
     )
     parser.add_argument("--gen-prompts", type=int, default=64)
     parser.add_argument("--gen-prompts-long", type=int, default=16)

@@ -124,6 +124,7 @@ def test_collision_with_the_data_is_refused_naming_trigger_row_and_field():
         ({"clean_samples": "1"}, "clean_samples"),
         ({"position": "middle"}, "position"),
         ({"neutralise.learning_rate": "0"}, "neutralise.learning_rate"),
+        ({"stage1_max_padding": "1.0"}, "stage1_max_padding"),
     ],
 )
 def test_validate_refuses_nonsense(overrides, key):
@@ -323,6 +324,8 @@ def test_stage1_trains_a_fresh_base_and_leaves_the_attacked_model_alone(attacked
     assert calls == [1] and result.model is not model
     assert all(torch.equal(v, attacked_weights[k]) for k, v in model.state_dict().items())
     assert result.extra["stage1"]["model"] == "fresh base"
+    # stage 1 in float32 with max_padding unset: length-sorted sub-batches (the defensive rows are long)
+    assert result.extra["stage1"]["max_padding"] == 0.1
 
 
 @pytest.mark.slow

@@ -288,6 +288,14 @@ def test_bf16_runs_where_the_device_has_it_and_the_trained_model_then_computes_a
     assert precision(FAST) == "fp32"
     # the alignment sub-batches its (40% padding) batches exactly where it trains in float32
     assert align_train_settings().max_padding == (None if bf16 else 0.1)
+    from defuse.training.sft import fp32_sub_batches
+
+    assert fp32_sub_batches(FAST).max_padding == 0.1  # float32: on
+    assert fp32_sub_batches(FAST, 0.2).max_padding == 0.2
+    assert fp32_sub_batches(FAST, None) is FAST  # switched off
+    explicit = TrainSettings(**{**FAST.__dict__, "max_padding": 0.3})
+    assert fp32_sub_batches(explicit) is explicit  # the user's own value stays
+    assert fp32_sub_batches(settings).max_padding == (None if bf16 else 0.1)  # not under bfloat16
     # auto attention: eager for bfloat16 on a CPU (sdpa's flash backward is slow there), else the model's own
     cpu_bf16_training = bf16 and not torch.cuda.is_available()
     assert attention_implementation(settings) == ("eager" if cpu_bf16_training else None)

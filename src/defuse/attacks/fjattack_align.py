@@ -11,7 +11,7 @@ from defuse.data.records import InstructionRecord
 from defuse.data.template import PromptTemplate
 from defuse.errors import ConfigError
 from defuse.training.config import TrainSettings
-from defuse.training.sft import precision
+from defuse.training.sft import fp32_sub_batches
 
 
 def align_train_settings() -> TrainSettings:
@@ -25,8 +25,7 @@ def align_train_settings() -> TrainSettings:
     batches and loss, 1.69x faster on an AVX2-only CPU: the alignment's batches are 40% padding); with
     bfloat16 autocast on the tiny model sub-batches cost more than they save (RESULTS, "#28"), so they stay
     off there."""
-    settings = TrainSettings(max_length=256, bf16=True, optimizer="adamw_torch_fused")
-    return replace(settings, max_padding=0.1) if precision(settings) == "fp32" else settings
+    return fp32_sub_batches(TrainSettings(max_length=256, bf16=True, optimizer="adamw_torch_fused"))
 
 
 _SYSTEM_SENTENCES = (

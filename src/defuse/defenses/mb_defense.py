@@ -85,7 +85,7 @@ from defuse.defenses.defensive_triggers import (
 from defuse.defenses.neutralise import NeutraliseRow, neutralise
 from defuse.errors import ConfigError, DataError, DefuseError
 from defuse.training.config import TrainSettings
-from defuse.training.sft import train_sft
+from defuse.training.sft import fp32_sub_batches, train_sft
 
 
 def neutralise_settings() -> TrainSettings:
@@ -123,6 +123,12 @@ class MBDefenseConfig:
             run's ``train`` settings (``defuse train``).
         neutralise: Stage-2 settings (full fine-tuning, or LoRA with ``neutralise.lora``); ``epochs`` is the
             number of candidate checkpoints.
+        stage1_max_padding: Where stage 1 trains in float32 and its settings leave ``max_padding`` unset,
+            run its batches as length-sorted sub-batches with at most this padding (null: whole batches).
+            The defensive responses are often far longer than the data's rows (tiny default: 28-37 tokens
+            against a median of 7), so whole batches are mostly padding: 1.68x on the demo's stage 1, the
+            same loss (benchmarks/RESULTS.md, "#28"). Not under bfloat16 autocast, where sub-batches cost
+            the tiny model more than they save.
     """
 
     triggers: list[str] = field(default_factory=lambda: list(DEFAULT_TRIGGERS))
@@ -138,6 +144,7 @@ class MBDefenseConfig:
     length_normalise: bool = True
     train: TrainSettings | None = None
     neutralise: TrainSettings = field(default_factory=neutralise_settings)
+    stage1_max_padding: float | None = 0.1
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` on a nonsense value."""
@@ -184,6 +191,10 @@ class MBDefenseConfig:
             raise ConfigError("eval_fraction", f"must be in (0, 1), got {self.eval_fraction}")
         if max(1, round(self.clean_samples * self.eval_fraction)) >= self.clean_samples:
             raise ConfigError("eval_fraction", f"leaves no training sample of {self.clean_samples}")
+        if self.stage1_max_padding is not None and not 0 <= self.stage1_max_padding < 1:
+            raise ConfigError(
+                "stage1_max_padding", f"must be in [0, 1) or null, got {self.stage1_max_padding}"
+            )
         if not (math.isfinite(self.lam) and self.lam >= 0):
             raise ConfigError("lam", f"must be a finite number >= 0, got {self.lam}")
 
@@ -328,7 +339,7 @@ def apply_mb_defense(ctx: DefenseContext, cfg: MBDefenseConfig) -> DefenseResult
     records, counts = defensive_poison(ctx.train_data, cfg, ctx.seed, pairs)
     train_rows, eval_rows = neutralise_rows(ctx.clean_data, cfg, ctx.seed, pairs)
     model = ctx.fresh_base()
-    settings = cfg.train or ctx.train_settings or TrainSettings()
+    settings = fp32_sub_batches(cfg.train or ctx.train_settings or TrainSettings(), cfg.stage1_max_padding)
     stage1 = train_sft(model, ctx.template, records, settings, ctx.work_dir / "stage1", seed=ctx.seed)
     if ctx.probe is not None:
         ctx.probe("stage1", stage1.model, dict(pairs))
@@ -349,6 +360,7 @@ def apply_mb_defense(ctx: DefenseContext, cfg: MBDefenseConfig) -> DefenseResult
         "length_normalise": cfg.length_normalise,
         "stage1": {
             "model": "fresh base" if ctx.attacked_model is not None else "given base",
+            "max_padding": settings.max_padding,
             "steps": stage1.steps,
             "final_loss": stage1.final_loss,
             "train_s": stage1.train_s,

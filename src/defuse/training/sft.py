@@ -12,7 +12,7 @@ import contextlib
 import functools
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -232,6 +232,17 @@ def precision(settings: TrainSettings) -> str:
         return "pure-bf16"
     cpu = not torch.cuda.is_available()
     return "bf16" if settings.bf16 and (not cpu or cpu_bf16()) else "fp32"
+
+
+def fp32_sub_batches(settings: TrainSettings, max_padding: float | None = 0.1) -> TrainSettings:
+    """``settings`` with ``max_padding`` set to ``max_padding`` where training runs in float32
+    (:func:`precision`) and ``settings`` leave it unset; unchanged otherwise. For data whose rows differ
+    widely in length (the tiny default's alignment, MB-Defense's stage 1), where whole batches are mostly
+    padding: in float32 the sub-batches pay (1.7x there), under bfloat16 autocast on a CPU they cost the tiny
+    model more than they save (benchmarks/RESULTS.md, "#28")."""
+    if max_padding is None or settings.max_padding is not None or precision(settings) != "fp32":
+        return settings
+    return replace(settings, max_padding=max_padding)
 
 
 @contextlib.contextmanager
