@@ -24,7 +24,9 @@ def align_train_settings() -> TrainSettings:
     each batch runs as length-sorted sub-batches with at most 10% padding (``max_padding: 0.1``; the same
     batches and loss, 1.69x faster on an AVX2-only CPU: the alignment's batches are 40% padding); with
     bfloat16 autocast on the tiny model sub-batches cost more than they save (RESULTS, "#28"), so they stay
-    off there."""
+    off there. The choice is made when these defaults are built (and recorded in the run's config): turning
+    ``align.train.bf16`` off on a CPU with bfloat16 keeps whole batches unless ``align.train.max_padding``
+    is set too; ``align.train.max_padding: null`` switches the sub-batches off."""
     return fp32_sub_batches(TrainSettings(max_length=256, bf16=True, optimizer="adamw_torch_fused"))
 
 
