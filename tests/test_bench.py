@@ -19,9 +19,9 @@ from tests.encoder_helpers import SMALL_ENCODER_ATTACK
 from typer.testing import CliRunner
 
 from defuse.bench import load_bench, run_bench, validate_results
-from defuse.bench.cells import plan_cells
+from defuse.bench.cells import Cell, plan_cells
 from defuse.bench.keys import FileHasher
-from defuse.bench.parallel import worker_threads
+from defuse.bench.parallel import start_order, worker_threads
 from defuse.cli import app
 from defuse.errors import ConfigError, DataError
 from defuse.runs.record import read_run
@@ -397,6 +397,34 @@ def test_an_interrupted_parallel_bench_stops_its_workers_and_records_the_running
     stopped = next(e for e in index.values() if e["status"] == "interrupted")
     assert stopped["stage"] == "attack" and stopped["finished"] and stopped["wall_s"] is None
     assert not (out / ".bench.lock").exists()
+
+
+def _chain(scenario: str, defenses: list[str]) -> list[Cell]:
+    attack = Cell(scenario, "backdoor", "none", None, 0, None, f"{scenario}-attack", f"runs/{scenario}/a")
+    return [attack] + [
+        Cell(scenario, "backdoor", d, d, 0, None, f"{scenario}-{d}", f"runs/{scenario}/{d}", attack)
+        for d in defenses
+    ]
+
+
+def test_parallel_cells_start_attacks_first_then_the_longest_known_chain_first():
+    cells = _chain("marker", ["osft", "sande"]) + _chain("jailbreak", ["align"]) + _chain("encoder", ["obl"])
+    pending = list(enumerate(cells, 1))
+    # Nothing measured yet: every attack before any defense, each group in plan order.
+    unknown = start_order(pending, lambda c: None if c.key == "encoder-obl" else 1.0)
+    assert [c.key for _, c in unknown] == [
+        "marker-attack", "jailbreak-attack", "encoder-attack",
+        "marker-osft", "marker-sande", "jailbreak-align", "encoder-obl",
+    ]  # fmt: skip
+    # Every time known (an earlier run): attack + its longest defense, defenses by their own time.
+    seconds = {"marker-attack": 90, "marker-osft": 4, "marker-sande": 7, "jailbreak-attack": 290,
+               "jailbreak-align": 17, "encoder-attack": 71, "encoder-obl": 240}  # fmt: skip
+    known = start_order(pending, lambda c: seconds[c.key])
+    assert [c.key for _, c in known] == [
+        "encoder-attack", "jailbreak-attack", "encoder-obl", "marker-attack",
+        "jailbreak-align", "marker-sande", "marker-osft",
+    ]  # fmt: skip
+    assert [i for i, _ in known] == [6, 4, 7, 1, 5, 3, 2]  # each keeps its place in the plan
 
 
 @pytest.mark.parametrize("jobs", ["0", "-1", "two"])

@@ -3,7 +3,8 @@
 Contract of :func:`run_parallel` (called by :func:`~defuse.bench.runner.run_bench` when ``jobs > 1``):
 
 * Cells whose run directory is finished are reused first, without starting anything.
-* The other cells are started in plan order (the priority order, so attacks start as early as possible) in a
+* The other cells are started in :func:`start_order` (attacks first, or the longest chain first when an
+  earlier run of the grid measured every cell's scenario and defense) in a
   ``concurrent.futures.ProcessPoolExecutor`` of ``jobs`` "spawn" processes. A defense cell starts only
   after its attack cell finished (run or reused); when the attack failed, the defense is ``skipped``.
 * Each worker ignores Ctrl-C (the parent alone handles it), takes the parent's transformers logging
@@ -25,6 +26,7 @@ import multiprocessing
 import os
 import signal
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -124,11 +126,37 @@ class Workers:
             process.join(timeout=30)
 
 
+def start_order(
+    pending: list[tuple[int, Cell]], estimate: Callable[[Cell], float | None]
+) -> list[tuple[int, Cell]]:
+    """The order in which the cells still to run are started when a worker is free (each numbered by its
+    place in the plan; the plan itself lists every attack just before its defenses).
+
+    An attack cell is what its defenses wait for, so with no times known the attacks start first, in plan
+    order, then the defenses in plan order: otherwise a scenario's short defenses would hold a worker while
+    the next scenario's attack, and every defense behind it, has not started. When ``estimate`` (the
+    seconds an earlier run of the same scenario and defense took) knows every cell, the longest chain starts
+    first: an attack counts its own time plus its longest defense's, a defense its own (ties in plan order),
+    which is the critical-path rule for a grid of attack -> defenses chains.
+    """
+    times = {c.key: estimate(c) for _, c in pending}
+    if any(t is None for t in times.values()):
+        return sorted(pending, key=lambda item: (item[1].parent is not None, item[0]))
+    longest_defense: dict[str, float] = {}
+    for _, cell in pending:
+        if cell.parent is not None:
+            parent = cell.parent.key
+            longest_defense[parent] = max(longest_defense.get(parent, 0.0), times[cell.key])
+    chain = {key: t + longest_defense.get(key, 0.0) for key, t in times.items()}
+    return sorted(pending, key=lambda item: (-chain[item[1].key], item[0]))
+
+
 def run_parallel(grid: GridRun, cells: list[Cell], jobs: int) -> None:
     """Run the cells of the grid in ``jobs`` worker processes (see the module docstring)."""
     pending = [(i, c) for i, c in enumerate(cells, 1) if not grid.reuse_if_finished(i, c)]
     if not pending:
         return
+    pending = start_order(pending, lambda c: grid.index.known_wall_s(c.scenario, c.defense))
     workers = Workers(jobs)
     running: Running = {}
     try:
@@ -148,8 +176,9 @@ def run_parallel(grid: GridRun, cells: list[Cell], jobs: int) -> None:
 def _start_ready(
     grid: GridRun, pending: list[tuple[int, Cell]], running: Running, workers: Workers
 ) -> list[tuple[int, Cell]]:
-    """Skip the cells whose attack cell failed and start, in plan order, those that may run while a worker
-    is free; return the cells still waiting. Something is always running afterwards while cells wait."""
+    """Skip the cells whose attack cell failed and start, in ``pending``'s order, those that may run while a
+    worker is free; return the cells still waiting. Something is always running afterwards while cells
+    wait."""
     waiting: list[tuple[int, Cell]] = []
     for n, (i, cell) in enumerate(pending):
         state = grid.parent_state(cell)

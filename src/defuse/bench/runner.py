@@ -11,7 +11,8 @@ Contract of :func:`run_bench`:
   cell's staging folder (with its training checkpoints) is left in place, so the next bench run resumes it.
 * With ``jobs == 1`` the cells run one after another in this process, in plan order. With ``jobs > 1`` up to
   ``jobs`` cells run at once in worker processes (:mod:`defuse.bench.parallel`); a defense cell starts only
-  after its attack cell finished, and the plan order is the priority order.
+  after its attack cell finished; attacks start before defenses, or the longest chain first when an earlier
+  run timed every cell (:func:`~defuse.bench.parallel.start_order`).
 * A cell that fails is recorded (``failed``, with the error's line) and the bench goes on with the cells
   that do not depend on it (a defense of a failed attack is ``skipped``). Each cell's output (training logs,
   warnings, a traceback) goes to ``<out>/logs/<scenario>/<cell>.log``.
