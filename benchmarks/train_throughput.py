@@ -224,6 +224,7 @@ VARIANTS = {
     "unfused": {"optimizer": "adamw_torch"},
     "grouped": {"extra": {"train_sampling_strategy": "group_by_length"}},
     "chunked": {"max_padding": 0.1},
+    "labelled": {"labelled_logits": True},
     "b64": {"batch_size": 64},
     "b64-chunked": {"batch_size": 64, "max_padding": 0.1},
     "b128": {"batch_size": 128},
@@ -235,8 +236,9 @@ settings before issue #28: float32, the model's own attention, the unfused AdamW
 too); bfloat16 autocast (where the CPU has it; with ``attention: auto``, eager attention then), with the
 fused AdamW, or with the model's own attention; transformers' length-grouped sampler (batches of similar
 lengths from megabatches of up to 50 batches: the batches differ, so the numbers do); each batch as
-length-sorted sub-batches with at most 10% padding (``train.max_padding``: the same batches and loss); and
-larger batches (fewer optimizer steps: a different recipe, so the numbers differ)."""
+length-sorted sub-batches with at most 10% padding (``train.max_padding``: the same batches and loss); the
+output head at labelled positions only (``train.labelled_logits``: the same loss; model FLOPs are still
+counted with the head at every token, as for the others); and larger batches (fewer optimizer steps: a different recipe, so the numbers differ)."""
 
 
 def _variant(train, name: str):

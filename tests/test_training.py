@@ -373,6 +373,31 @@ def test_max_padding_trains_the_same_batches_to_the_same_weights_with_less_padde
     assert models["chunked"].loss_history == pytest.approx(models["whole"].loss_history, rel=1e-4)
 
 
+@pytest.mark.parametrize("max_padding", [None, 0.1])
+def test_labelled_logits_train_the_same_weights_with_the_head_on_label_positions_only(max_padding, tmp_path):
+    tok = tokenizer()
+    head_rows: dict[str, list[int]] = {"all": [], "labelled": []}
+    models = {}
+    for name in ("all", "labelled"):
+        model = small_lm(tok)
+        model.get_output_embeddings().register_forward_hook(  # the rows of logits the head computed
+            lambda m, args, out, n=name: head_rows[n].append(out.reshape(-1, out.shape[-1]).shape[0])
+        )
+        settings = TrainSettings(
+            **{**FAST.__dict__, "max_padding": max_padding, "labelled_logits": name == "labelled"}
+        )
+        models[name] = train_sft(model, PromptTemplate(tok), RECORDS, settings, tmp_path / name, seed=3)
+    assert models["all"].steps == models["labelled"].steps == 12
+    assert len(head_rows["labelled"]) == len(head_rows["all"])  # one head call per forward
+    assert sum(head_rows["labelled"]) < sum(head_rows["all"]) / 2  # the head saw the label positions only
+    initial = dict(small_lm(tok).named_parameters())
+    reference = dict(models["all"].model.named_parameters())
+    for n, p in models["labelled"].model.named_parameters():
+        assert torch.allclose(p, reference[n], atol=1e-5), n  # the same updates, up to float rounding
+        assert not torch.equal(p, initial[n]), n
+    assert models["labelled"].loss_history == pytest.approx(models["all"].loss_history, rel=1e-4)
+
+
 def test_attention_setting_trains_with_that_implementation_and_puts_the_model_s_own_back(tmp_path):
     from transformers import TrainerCallback
 

@@ -99,6 +99,16 @@ class SFTTrainer(Trainer):
 
     epoch_decay: float | None = None
     max_padding: float | None = None
+    labelled_logits: bool = False
+
+    def _own_loss(self) -> bool:
+        """Whether the loss is transformers' own (a sum over label tokens over the batch's label count)."""
+        return (
+            self.model_accepts_loss_kwargs
+            and type(self).compute_loss is Trainer.compute_loss
+            and self.label_smoother is None
+            and self.compute_loss_func is None
+        )
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         """With ``max_padding`` (:attr:`TrainSettings.max_padding`): the batch runs as length-sorted
@@ -108,25 +118,40 @@ class SFTTrainer(Trainer):
         so only when ``compute_loss`` is not overridden; otherwise, and for a batch without label counts,
         the batch runs whole."""
         chunks = None
-        if (
-            self.max_padding is not None
-            and num_items_in_batch is not None
-            and self.model_accepts_loss_kwargs
-            and type(self).compute_loss is Trainer.compute_loss
-        ):
+        if self.max_padding is not None and num_items_in_batch is not None and self._own_loss():
             lengths = inputs["attention_mask"].sum(dim=1).tolist()
             chunks = length_chunks(lengths, self.max_padding)
         if not chunks or len(chunks) == 1:
-            return super().training_step(model, inputs, num_items_in_batch)
+            return self._step(model, inputs, num_items_in_batch)
         total = None
         for n, rows in enumerate(chunks):
             width = int(inputs["attention_mask"][rows].sum(dim=1).max())
             part = {k: v[rows, :width] for k, v in inputs.items()}
             sync = contextlib.nullcontext() if n == len(chunks) - 1 else self.accelerator.no_sync(model)
             with sync:
-                loss = super().training_step(model, part, num_items_in_batch)
+                loss = self._step(model, part, num_items_in_batch)
             total = loss if total is None else total + loss
         return total
+
+    def _step(self, model, inputs, num_items_in_batch):
+        """One forward and backward; with ``labelled_logits`` (:attr:`TrainSettings.labelled_logits`) the
+        output head sees only the hidden states at labelled positions (a forward pre-hook on it) and
+        transformers' causal-LM loss gets their labels as ``shift_labels``: the same sum over label tokens."""
+        base = self.accelerator.unwrap_model(model)
+        causal_lm = getattr(base, "loss_type", None) == "ForCausalLM"
+        if not (self.labelled_logits and causal_lm and self._own_loss()):
+            return super().training_step(model, inputs, num_items_in_batch)
+        shifted = torch.nn.functional.pad(inputs["labels"], (0, 1), value=IGNORE_INDEX)[:, 1:]
+        keep = shifted != IGNORE_INDEX
+
+        def labelled_rows(_module, args):
+            return (args[0][keep.to(args[0].device)], *args[1:])
+
+        handle = base.get_output_embeddings().register_forward_pre_hook(labelled_rows)
+        try:
+            return super().training_step(model, {**inputs, "shift_labels": shifted[keep]}, num_items_in_batch)
+        finally:
+            handle.remove()
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         if self.epoch_decay is None or self.lr_scheduler is not None:
@@ -420,6 +445,7 @@ def train_sft(
         if settings.scheduler == EPOCH_DECAY:
             trainer.epoch_decay = settings.epoch_decay
         trainer.max_padding = settings.max_padding
+        trainer.labelled_logits = settings.labelled_logits
         if settings.lora is not None:
             refuse_sharded(trainer, "LoRA fine-tuning")
         last = get_last_checkpoint(str(output_dir)) if resume and Path(output_dir).is_dir() else None
