@@ -9,8 +9,9 @@ In one process, for each workload:
    observing callback): tokens/s and the achieved model FLOP/s, ``(6 P_trained + 4 P_frozen) x tokens``
    (``P``: weights of the ``nn.Linear`` layers, the LM head included; a frozen weight costs its forward
    and its input gradient) plus attention ``12 x layers x hidden x T^2`` per sequence of T tokens (PaLM's
-   count, causal masking not halved), on the real (not padding) tokens; the ratio to the matmul rate of
-   the precision training ran in;
+   count, causal masking not halved), on the real (not padding) tokens, the LM head on the labelled ones
+   only where ``train.labelled_logits`` computes it there; the ratio to the matmul rate of the precision
+   training ran in;
 3. the share of trained tokens that are padding, and the time in the optimizer step, in data collation
    and (tiny default) in evaluation;
 4. generation: generated tokens/s of the batched generator at 48 and 512 new tokens.
@@ -123,6 +124,7 @@ class Meter(TrainerCallback):
         self.collate_s = 0.0
         self.optimizer_s = 0.0
         self.real_tokens = 0
+        self.labelled_tokens = 0
         self.padded_tokens = 0
         self.lengths: list[int] = []
         self._opt_start = 0.0
@@ -138,6 +140,7 @@ class Meter(TrainerCallback):
             self.collate_s += time.perf_counter() - start
             lengths = out["attention_mask"].sum(dim=1).tolist()
             self.real_tokens += sum(lengths)
+            self.labelled_tokens += int((out["labels"] != -100).sum())
             self.lengths.extend(lengths)
             # the tokens computed: the batch as collated, or its sub-batches with train.max_padding
             chunks = (
@@ -157,11 +160,22 @@ class Meter(TrainerCallback):
         self.optimizer_s += time.perf_counter() - self._opt_start
 
 
-def model_flops(shapes: list[tuple[int, int, bool]], lengths: list[int], layers: int, hidden: int) -> float:
-    """Training FLOPs for sequences of ``lengths`` real tokens (see the module docstring)."""
+def model_flops(
+    shapes: list[tuple[int, int, bool]],
+    lengths: list[int],
+    layers: int,
+    hidden: int,
+    head_tokens: int | None = None,
+) -> float:
+    """Training FLOPs for sequences of ``lengths`` real tokens (see the module docstring); with
+    ``head_tokens`` the last shape (the LM head) counts at that many tokens only."""
     per_token = sum((6 if trained else 4) * k * n for k, n, trained in shapes)
     attention = sum(12 * layers * hidden * t * t for t in lengths)
-    return per_token * sum(lengths) + attention
+    if head_tokens is None:
+        return per_token * sum(lengths) + attention
+    k, n, trained = shapes[-1]
+    head = (6 if trained else 4) * k * n
+    return (per_token - head) * sum(lengths) + head * head_tokens + attention
 
 
 def measure_training(name, model, template, records, settings, seed, rates_at) -> tuple[dict, nn.Module]:
@@ -176,7 +190,10 @@ def measure_training(name, model, template, records, settings, seed, rates_at) -
     trained = result.model
     shapes = linear_shapes(trained)
     cfg = trained.config
-    flops = model_flops(shapes, meter.lengths, cfg.num_hidden_layers, cfg.hidden_size)
+    head_tokens = meter.labelled_tokens if settings.labelled_logits else None
+    out_head = trained.get_output_embeddings()
+    assert shapes[-1][:2] == (out_head.in_features, out_head.out_features), "the LM head is the last linear"
+    flops = model_flops(shapes, meter.lengths, cfg.num_hidden_layers, cfg.hidden_size, head_tokens)
     batch_tokens = round(meter.padded_tokens / max(1, result.steps * settings.grad_accum))
     prec = precision(settings)
     rates = rates_at(shapes, batch_tokens)
@@ -225,6 +242,7 @@ VARIANTS = {
     "grouped": {"extra": {"train_sampling_strategy": "group_by_length"}},
     "chunked": {"max_padding": 0.1},
     "labelled": {"labelled_logits": True},
+    "all-logits": {"labelled_logits": False},
     "b64": {"batch_size": 64},
     "b64-chunked": {"batch_size": 64, "max_padding": 0.1},
     "b128": {"batch_size": 128},
@@ -238,7 +256,8 @@ fused AdamW, or with the model's own attention; transformers' length-grouped sam
 lengths from megabatches of up to 50 batches: the batches differ, so the numbers do); each batch as
 length-sorted sub-batches with at most 10% padding (``train.max_padding``: the same batches and loss); the
 output head at labelled positions only (``train.labelled_logits``: the same loss; model FLOPs are still
-counted with the head at every token, as for the others); and larger batches (fewer optimizer steps: a different recipe, so the numbers differ)."""
+counted with the head at every token, as for the others); and larger batches (fewer optimizer steps: a
+different recipe, so the numbers differ)."""
 
 
 def _variant(train, name: str):
