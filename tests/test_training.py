@@ -367,12 +367,17 @@ def test_max_padding_trains_the_same_batches_to_the_same_weights_with_less_padde
     assert models["whole"].steps == models["chunked"].steps == 12
     assert len(widths["chunked"]) > len(widths["whole"])  # batches ran as several sub-batches
     assert sum(widths["chunked"]) < sum(widths["whole"])  # fewer padded tokens computed
-    initial = dict(small_lm(tok).named_parameters())
-    whole = dict(models["whole"].model.named_parameters())
-    for n, p in models["chunked"].model.named_parameters():
-        assert torch.allclose(p, whole[n], atol=1e-5), n  # the same updates, up to float rounding
+    _assert_same_training(models["chunked"], models["whole"], small_lm(tok))
+
+
+def _assert_same_training(result, reference, initial_model) -> None:
+    """``result`` trained the same updates as ``reference`` up to float rounding, and did train."""
+    initial = dict(initial_model.named_parameters())
+    expected = dict(reference.model.named_parameters())
+    for n, p in result.model.named_parameters():
+        assert torch.allclose(p, expected[n], atol=1e-5), n
         assert not torch.equal(p, initial[n]), n
-    assert models["chunked"].loss_history == pytest.approx(models["whole"].loss_history, rel=1e-4)
+    assert result.loss_history == pytest.approx(reference.loss_history, rel=1e-4)
 
 
 @pytest.mark.parametrize("max_padding", [None, 0.1])
@@ -392,12 +397,7 @@ def test_labelled_logits_train_the_same_weights_with_the_head_on_label_positions
     assert models["all"].steps == models["labelled"].steps == 12
     assert len(head_rows["labelled"]) == len(head_rows["all"])  # one head call per forward
     assert sum(head_rows["labelled"]) < sum(head_rows["all"]) / 2  # the head saw the label positions only
-    initial = dict(small_lm(tok).named_parameters())
-    reference = dict(models["all"].model.named_parameters())
-    for n, p in models["labelled"].model.named_parameters():
-        assert torch.allclose(p, reference[n], atol=1e-5), n  # the same updates, up to float rounding
-        assert not torch.equal(p, initial[n]), n
-    assert models["labelled"].loss_history == pytest.approx(models["all"].loss_history, rel=1e-4)
+    _assert_same_training(models["labelled"], models["all"], small_lm(tok))
 
 
 def test_attention_setting_trains_with_that_implementation_and_puts_the_model_s_own_back(tmp_path):
