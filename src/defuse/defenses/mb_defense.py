@@ -39,7 +39,10 @@ Fidelity notes (ours where the paper is silent):
   3 epochs on 7-8B models; the tiny default needs more), to ``TrainSettings()`` under ``train``.
 * Stage 2 defaults (5 epochs, lr 1e-4, batch 16) follow the paper's epochs and our post-training
   defenses' rate for the tiny model; tune per model. Under ``defend`` the clean set is the run's clean
-  budget, clean records of the attack's training data (disjoint from every test set).
+  budget, clean records of the attack's training data (disjoint from every test set). The paper's stage-2
+  budget (128 samples, 5 epochs, 1,024 tokens) against the 64 / 3 / 128 of our SmolLM2 runs: ASR 83.0
+  against 82.5% (ctba, seed 1, attacked 94.0%), the first epoch kept in both (benchmarks/RESULTS.md, "#26
+  SmolLM2, the last two departures").
 * The CE term is counted once per (clean pair, trigger) row, as the formula sums over both.
 * ``fraction`` 1% per trigger (the paper's, Sec. 4.1). On the tiny default against the built-in refusal
   backdoor at 20% poisoning the backdoors merge only from about 5% per trigger (benchmarks/RESULTS.md); the

@@ -12,9 +12,14 @@ loss of one row is (METHODS.md §2.3)::
   normalise: ``y`` and ``y_d`` differ in length (an 8-word random sequence against a one-token answer),
   and a summed log-prob is lower the longer the response, so with sums the comparison inside σ would
   mostly measure which answer is shorter, not how strongly the trigger pulls towards ``y_d``. Per-token
-  means compare the two answers on an equal footing. ``length_normalise=False`` gives the summed reading.
+  means compare the two answers on an equal footing. ``length_normalise=False`` gives the summed reading,
+  the paper's: on SmolLM2 (BackdoorLLM ctba at 20%, seed 1) it starts stage 2 from a held-out margin of
+  -19.4, and the model ends up refusing more (ASR 94.0 -> 99.0%, clean prompts refused 4 -> 9%), where the
+  per-token means give 82.5% (benchmarks/RESULTS.md, "#26 SmolLM2, the last two departures").
 * The paper writes the ratio of the two probabilities inside σ; we use its log (the log-difference above,
-  a DPO-style margin without a reference model).
+  a DPO-style margin without a reference model). The literal ratio ``σ(e^m)`` of a margin ``m`` far below
+  0 (a poisoned model) is 0.5 with gradient ``0.5 e^m``: the preference term would vanish and stage 2 be
+  a clean fine-tune (what ``clean-ft`` measures).
 * The batch loss is the mean of the rows' losses (every row weighs the same; the SFT loss instead weighs
   rows by their token counts).
 
