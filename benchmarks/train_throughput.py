@@ -58,7 +58,8 @@ from defuse.data.template import PromptTemplate
 from defuse.evaluation.backdoor import evaluate_backdoor
 from defuse.evaluation.generate import GenerationSettings, generate_token_ids
 from defuse.models.factory import prepare_causal_lm
-from defuse.training.sft import cpu_bf16, length_chunks, precision, train_sft
+from defuse.training.precision import cpu_bf16, precision
+from defuse.training.sft import length_chunks, train_sft
 
 ROOT = Path(__file__).resolve().parent.parent
 

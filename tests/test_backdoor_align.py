@@ -40,7 +40,7 @@ from defuse.evaluation.safety import rouge1, utility_score
 from defuse.scenarios.fjattack_attack import run_fjattack
 from defuse.scenarios.fjattack_defense import evaluate_safety_run, run_safety_defense
 from defuse.training.config import TrainSettings
-from defuse.training.sft import attention_implementation, precision
+from defuse.training.precision import attention_implementation, precision
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "backdooralign"
 runner = CliRunner()

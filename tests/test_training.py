@@ -267,7 +267,7 @@ def test_bf16_runs_where_the_device_has_it_and_the_trained_model_then_computes_a
     from transformers import TrainerCallback
 
     from defuse.models.io import load_causal_lm, save_model
-    from defuse.training.sft import attention_implementation, cpu_bf16, precision
+    from defuse.training.precision import attention_implementation, cpu_bf16, precision
 
     seen = []
 
@@ -290,7 +290,7 @@ def test_bf16_runs_where_the_device_has_it_and_the_trained_model_then_computes_a
     assert precision(FAST) == "fp32"
     # the alignment sub-batches its (40% padding) batches exactly where it trains in float32
     assert align_train_settings().max_padding == (None if bf16 else 0.1)
-    from defuse.training.sft import fp32_sub_batches
+    from defuse.training.precision import fp32_sub_batches
 
     assert fp32_sub_batches(FAST).max_padding == 0.1  # float32: on
     assert fp32_sub_batches(FAST, 0.2).max_padding == 0.2
@@ -317,7 +317,7 @@ def test_bf16_runs_where_the_device_has_it_and_the_trained_model_then_computes_a
 
 
 def test_pure_bf16_trains_the_weights_themselves_in_bfloat16_and_loses_updates_under_half_a_step(tmp_path):
-    from defuse.training.sft import precision
+    from defuse.training.precision import precision
 
     tok = tokenizer()
     runs = {}

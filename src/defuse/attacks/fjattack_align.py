@@ -11,7 +11,7 @@ from defuse.data.records import InstructionRecord
 from defuse.data.template import PromptTemplate
 from defuse.errors import ConfigError
 from defuse.training.config import TrainSettings
-from defuse.training.sft import fp32_sub_batches
+from defuse.training.precision import fp32_sub_batches
 
 
 def align_train_settings() -> TrainSettings:

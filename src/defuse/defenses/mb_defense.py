@@ -88,7 +88,8 @@ from defuse.defenses.defensive_triggers import (
 from defuse.defenses.neutralise import NeutraliseRow, neutralise
 from defuse.errors import ConfigError, DataError, DefuseError
 from defuse.training.config import TrainSettings
-from defuse.training.sft import fp32_sub_batches, train_sft
+from defuse.training.precision import fp32_sub_batches
+from defuse.training.sft import train_sft
 
 
 def neutralise_settings() -> TrainSettings:
