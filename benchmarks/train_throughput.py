@@ -59,7 +59,7 @@ from defuse.evaluation.backdoor import evaluate_backdoor
 from defuse.evaluation.generate import GenerationSettings, generate_token_ids
 from defuse.models.factory import prepare_causal_lm
 from defuse.training.precision import cpu_bf16, precision
-from defuse.training.sft import length_chunks, pack_rows, train_sft
+from defuse.training.sft import length_chunks, train_sft
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -120,9 +120,8 @@ class Meter(TrainerCallback):
     ``on_pre_optimizer_step`` and ``on_optimizer_step``.
     """
 
-    def __init__(self, max_padding: float | None = None, packing: bool = False):
+    def __init__(self, max_padding: float | None = None):
         self.max_padding = max_padding
-        self.packing = packing
         self.collate_s = 0.0
         self.optimizer_s = 0.0
         self.real_tokens = 0
@@ -144,18 +143,13 @@ class Meter(TrainerCallback):
             self.real_tokens += sum(lengths)
             self.labelled_tokens += int((out["labels"] != -100).sum())
             self.lengths.extend(lengths)
-            # the tokens computed: the batch as collated, its sub-batches with train.max_padding, or its
-            # packed rows with train.packing
-            if self.packing:
-                rows = pack_rows(lengths, max(lengths))
-                self.padded_tokens += len(rows) * max(sum(lengths[i] for i in row) for row in rows)
-            else:
-                chunks = (
-                    [range(len(lengths))]
-                    if self.max_padding is None
-                    else length_chunks(lengths, self.max_padding)
-                )
-                self.padded_tokens += sum(len(rows) * max(lengths[i] for i in rows) for rows in chunks)
+            # the tokens computed: the batch as collated, or its sub-batches with train.max_padding
+            chunks = (
+                [range(len(lengths))]
+                if self.max_padding is None
+                else length_chunks(lengths, self.max_padding)
+            )
+            self.padded_tokens += sum(len(rows) * max(lengths[i] for i in rows) for rows in chunks)
             return out
 
         loader.collate_fn = timed
@@ -187,7 +181,7 @@ def model_flops(
 
 def measure_training(name, model, template, records, settings, seed, rates_at) -> tuple[dict, nn.Module]:
     """Train with ``train_sft`` under a :class:`Meter`; return the workload's row and the trained model."""
-    meter = Meter(settings.max_padding, settings.packing)
+    meter = Meter(settings.max_padding)
     with tempfile.TemporaryDirectory() as work:
         start = time.perf_counter()
         result = train_sft(
@@ -249,9 +243,6 @@ VARIANTS = {
     "grouped": {"extra": {"train_sampling_strategy": "group_by_length"}},
     "chunked": {"max_padding": 0.1},
     "labelled": {"labelled_logits": True},
-    "packed": {"packing": True},
-    "packed-labelled": {"packing": True, "labelled_logits": True},
-    "packed-labelled-fused": {"packing": True, "labelled_logits": True, "optimizer": "adamw_torch_fused"},
     "all-logits": {"labelled_logits": False},
     "b64": {"batch_size": 64},
     "b64-chunked": {"batch_size": 64, "max_padding": 0.1},

@@ -7,7 +7,7 @@ from defuse.data.template import PromptTemplate
 from defuse.errors import ConfigError
 from defuse.evaluation.generate import GenerationSettings, generate, generate_token_ids
 from defuse.training.config import LoraSettings, TrainSettings
-from defuse.training.sft import SFTTrainer, length_chunks, pack_rows, packed_batch, train_sft
+from defuse.training.sft import SFTTrainer, length_chunks, train_sft
 
 RECORDS = [
     InstructionRecord(instruction=f"Count the words: {' '.join(['apple'] * n)}", response=str(n))
@@ -368,80 +368,6 @@ def test_max_padding_trains_the_same_batches_to_the_same_weights_with_less_padde
     assert len(widths["chunked"]) > len(widths["whole"])  # batches ran as several sub-batches
     assert sum(widths["chunked"]) < sum(widths["whole"])  # fewer padded tokens computed
     _assert_same_training(models["chunked"], models["whole"], small_lm(tok))
-
-
-def test_packed_batch_keeps_each_sequence_with_its_labels_and_restarting_positions():
-    lengths = [6, 2, 5, 3, 1]
-    width = max(lengths)
-    ids = torch.zeros((len(lengths), width), dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, n in enumerate(lengths):
-        ids[i, :n] = torch.arange(1, n + 1) + 10 * (i + 1)  # row i: 10(i+1)+1, ...
-        mask[i, :n] = 1
-    labels = torch.where(mask.bool(), ids, torch.full_like(ids, -100))
-    packed = packed_batch({"input_ids": ids, "labels": labels, "attention_mask": mask})
-    rows = pack_rows(lengths, width)
-    assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
-    assert all(sum(lengths[i] for i in row) <= width for row in rows)
-    assert packed["input_ids"].shape == (3, 6)  # 17 tokens in 3 rows of 6 instead of 5
-    assert packed["use_cache"] is False and "attention_mask" not in packed
-    seen = []
-    for r, row in enumerate(rows):
-        at = 0
-        for i in row:
-            n = lengths[i]
-            assert packed["input_ids"][r, at : at + n].tolist() == ids[i, :n].tolist()
-            assert packed["position_ids"][r, at : at + n].tolist() == list(range(n))
-            assert packed["labels"][r, at : at + n].tolist() == [-100] + ids[i, 1:n].tolist()
-            seen.append(i)
-            at += n
-        assert (packed["labels"][r, at:] == -100).all() and packed["position_ids"][r, at:].tolist() == list(
-            range(6 - at)
-        )
-    assert sorted(seen) == list(range(len(lengths)))
-
-
-# rows from a few tokens to several times as many: a batch's short rows fit beside one another
-MIXED_LENGTHS = [
-    InstructionRecord(instruction=f"Count the words: {' '.join(['apple'] * n)}", response=str(n))
-    for n in (1, 2, 3, 40, 2, 1, 20, 3)
-] * 4
-
-
-@pytest.mark.parametrize("labelled", [False, True])
-def test_packing_trains_the_same_batches_to_the_same_weights_on_fewer_rows(labelled, tmp_path):
-    tok = tokenizer()
-    shapes: dict[str, list[tuple[int, int]]] = {"whole": [], "packed": []}
-    models = {}
-    for name in ("whole", "packed"):
-        model = small_lm(tok)
-        model.register_forward_pre_hook(
-            lambda m, args, kw, n=name: shapes[n].append(tuple(kw["input_ids"].shape)), with_kwargs=True
-        )
-        change = {"packing": name == "packed", "labelled_logits": labelled}
-        settings = TrainSettings(**{**FAST.__dict__, **change})
-        models[name] = train_sft(model, PromptTemplate(tok), MIXED_LENGTHS, settings, tmp_path / name, seed=3)
-    assert models["whole"].steps == models["packed"].steps == 12
-    del shapes["packed"][0:2]  # the check before training: a sequence alone, then packed behind another
-    assert len(shapes["packed"]) == len(shapes["whole"]) == 12  # one forward a batch
-    assert sum(r * w for r, w in shapes["packed"]) < 0.8 * sum(r * w for r, w in shapes["whole"])
-    _assert_same_training(models["packed"], models["whole"], small_lm(tok))
-
-
-def test_packing_is_refused_before_training_where_packed_sequences_see_each_other(tmp_path, monkeypatch):
-    import transformers.masking_utils
-
-    tok = tokenizer()
-    model = small_lm(tok)
-    before = _snapshot(model)
-    # transformers without its packed-sequence masks: each row gets one causal mask across its sequences
-    monkeypatch.setattr(transformers.masking_utils, "find_packed_sequence_indices", lambda position_ids: None)
-    settings = TrainSettings(**{**FAST.__dict__, "packing": True})
-    with pytest.raises(ConfigError, match="packing.*see each other"):
-        train_sft(model, PromptTemplate(tok), RECORDS, settings, tmp_path, seed=0)
-    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
-    monkeypatch.undo()
-    train_sft(model, PromptTemplate(tok), RECORDS, settings, tmp_path / "ok", seed=0)  # the same model packs
 
 
 def _assert_same_training(result, reference, initial_model) -> None:

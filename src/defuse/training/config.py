@@ -90,14 +90,6 @@ class TrainSettings:
             with it, but SANDE's result on the tiny default moves with float rounding alone, and on the
             attacks so trained its ASR was 4.6 / 7.9 / 17.5% over 3 seeds (bar: mean 5;
             benchmarks/RESULTS.md, "#28 The output head at labelled positions only").
-        packing: Run each batch's sequences packed into as few rows as the batch's width allows
-            (first fit, longest first), with position ids that restart at each sequence and no attention
-            mask, from which transformers builds a block-diagonal causal mask: the same batches, the same
-            loss, no compute spent on padding; the numbers differ from the padded batch's by float rounding
-            only. Applies where the trainer's own loss trains a transformers causal LM (as
-            ``labelled_logits``); checked before training on the model itself (a sequence must give the same
-            logits alone and packed behind another; a ConfigError otherwise). Takes the place of
-            ``max_padding`` where both are set.
         extra: Further transformers ``TrainingArguments`` fields, passed as given (e.g.
             ``{train_sampling_strategy: group_by_length}``); a key these settings already set is refused.
     """
@@ -123,7 +115,6 @@ class TrainSettings:
     max_padding: float | None = None
     attention: str | None = AUTO_ATTENTION
     labelled_logits: bool = False
-    packing: bool = False
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:

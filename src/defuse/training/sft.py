@@ -89,79 +89,6 @@ def length_chunks(lengths: Sequence[int], max_padding: float) -> list[list[int]]
     return chunks
 
 
-def pack_rows(lengths: Sequence[int], width: int) -> list[list[int]]:
-    """Bin-pack one batch's sequences into rows of at most ``width`` tokens (first fit, longest first).
-    Returns the sequence indices of each row, in the order they sit in it."""
-    rows: list[list[int]] = []
-    room: list[int] = []
-    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-        for r, free in enumerate(room):
-            if lengths[i] <= free:
-                rows[r].append(i)
-                room[r] -= lengths[i]
-                break
-        else:
-            rows.append([i])
-            room.append(width - lengths[i])
-    return rows
-
-
-def packed_batch(inputs: dict[str, torch.Tensor]) -> dict:
-    """A right-padded batch (``input_ids``, ``labels``, ``attention_mask``) as packed rows: its sequences
-    bin-packed (:func:`pack_rows`) into rows no wider than the batch, with ``position_ids`` that restart at 0
-    for each sequence and no attention mask, from which transformers' masking builds a block-diagonal causal
-    mask (``masking_utils.find_packed_sequence_indices``), so no sequence sees another. The first token of
-    each sequence gets no label: it is what the previous sequence's last token would otherwise predict
-    (in the batch it was position 0, which no token predicts). A row's unused tail is its own sequence,
-    unlabelled. No cache either: transformers looks for packed sequences only without one. The same
-    labelled tokens at the same positions of the same sequences: the same loss."""
-    lengths = inputs["attention_mask"].sum(dim=1).tolist()
-    rows = pack_rows(lengths, inputs["attention_mask"].shape[1])
-    width = max(sum(lengths[i] for i in row) for row in rows)
-    ids = inputs["input_ids"].new_zeros((len(rows), width))
-    labels = torch.full_like(ids, IGNORE_INDEX)
-    positions = torch.zeros_like(ids)
-    steps = torch.arange(width, device=ids.device)
-    for r, row in enumerate(rows):
-        at = 0
-        for i in row:
-            n = lengths[i]
-            ids[r, at : at + n] = inputs["input_ids"][i, :n]
-            labels[r, at + 1 : at + n] = inputs["labels"][i, 1:n]
-            positions[r, at : at + n] = steps[:n]
-            at += n
-        positions[r, at:] = steps[: width - at]
-    return {"input_ids": ids, "labels": labels, "position_ids": positions, "use_cache": False}
-
-
-@torch.no_grad()
-def check_packing(model: PreTrainedModel) -> None:
-    """Raise a :class:`ConfigError` on ``packing`` unless ``model`` (with the attention it trains with)
-    gives a sequence the same logits alone as packed behind another one, run as :func:`packed_batch`'s rows
-    run: transformers builds the block-diagonal mask for the models its masking code covers, and this
-    checks it does for this one."""
-    vocab = model.get_input_embeddings().num_embeddings
-    device = next(model.parameters()).device
-    first, second = torch.arange(3, 9, device=device) % vocab, torch.arange(11, 16, device=device) % vocab
-    positions = torch.cat([torch.arange(len(first)), torch.arange(len(second))]).to(device)
-    was_training = model.training
-    model.eval()
-    try:
-        alone = model(input_ids=second[None], use_cache=False).logits[0].float()
-        both = torch.cat([first, second])[None]
-        packed = model(input_ids=both, position_ids=positions[None], use_cache=False).logits[0, len(first) :]
-    finally:
-        model.train(was_training)
-    gap = float((alone - packed.float()).abs().max())
-    if not gap <= 1e-3 * float(alone.abs().max()) + 1e-6:
-        kind, attention = model.config.model_type, model.config._attn_implementation
-        raise ConfigError(
-            "packing",
-            f"{kind} with {attention} attention lets packed sequences see each other (logits differ by "
-            f"{gap:.3g}); train without packing",
-        )
-
-
 class SFTTrainer(Trainer):
     """The project's Trainer; defenses override :meth:`compute_loss` for their own objectives.
 
@@ -173,7 +100,6 @@ class SFTTrainer(Trainer):
     epoch_decay: float | None = None
     max_padding: float | None = None
     labelled_logits: bool = False
-    packing: bool = False
 
     def _own_loss(self) -> bool:
         """Whether the loss is transformers' own (a sum over label tokens over the batch's label count)."""
@@ -184,21 +110,13 @@ class SFTTrainer(Trainer):
             and self.compute_loss_func is None
         )
 
-    def _causal_lm(self, model) -> bool:
-        """Whether ``model`` is a transformers causal LM (or a peft wrapper of one) computing its own loss."""
-        return getattr(self.accelerator.unwrap_model(model), "loss_type", None) == "ForCausalLM"
-
     def training_step(self, model, inputs, num_items_in_batch=None):
         """With ``max_padding`` (:attr:`TrainSettings.max_padding`): the batch runs as length-sorted
         sub-batches (:func:`length_chunks`), forward and backward one after another, gradients summed before
         the one optimizer step. Exact where the loss is a sum over label tokens divided by the batch's label
         count (transformers' ``num_items_in_batch``, which every sub-batch is given): the trainer's own loss,
         so only when ``compute_loss`` is not overridden; otherwise, and for a batch without label counts,
-        the batch runs whole. With ``packing`` (:attr:`TrainSettings.packing`) the batch's sequences run
-        packed into fewer rows instead (:func:`packed_batch`), under the same conditions."""
-        plain = set(inputs) == {"input_ids", "labels", "attention_mask"}
-        if self.packing and plain and self._own_loss() and self._causal_lm(model):
-            return self._step(model, packed_batch(inputs), num_items_in_batch)
+        the batch runs whole."""
         chunks = None
         if self.max_padding is not None and num_items_in_batch is not None and self._own_loss():
             lengths = inputs["attention_mask"].sum(dim=1).tolist()
@@ -220,7 +138,8 @@ class SFTTrainer(Trainer):
         output head sees only the hidden states at labelled positions (a forward pre-hook on it) and
         transformers' causal-LM loss gets their labels as ``shift_labels``: the same sum over label tokens."""
         base = self.accelerator.unwrap_model(model)
-        if not (self.labelled_logits and self._causal_lm(model) and self._own_loss()):
+        causal_lm = getattr(base, "loss_type", None) == "ForCausalLM"
+        if not (self.labelled_logits and causal_lm and self._own_loss()):
             return super().training_step(model, inputs, num_items_in_batch)
         shifted = torch.nn.functional.pad(inputs["labels"], (0, 1), value=IGNORE_INDEX)[:, 1:]
         keep = shifted != IGNORE_INDEX
@@ -438,8 +357,6 @@ def train_sft(
     """
     dataset = EncodedDataset(records, template, settings.max_length)
     with training_attention(model, settings) as attention, training_dtype(model, settings) as dtype:
-        if settings.packing:
-            check_packing(model)
         model = wrap_lora(model, settings)
         args = training_arguments(settings, output_dir, seed)
         trainer = trainer_cls(
@@ -454,7 +371,6 @@ def train_sft(
             trainer.epoch_decay = settings.epoch_decay
         trainer.max_padding = settings.max_padding
         trainer.labelled_logits = settings.labelled_logits
-        trainer.packing = settings.packing
         if settings.lora is not None:
             refuse_sharded(trainer, "LoRA fine-tuning")
         last = get_last_checkpoint(str(output_dir)) if resume and Path(output_dir).is_dir() else None
