@@ -17,6 +17,11 @@ trains stage 1 for one epoch at lr 1e-3 on a 4B model; the tiny default needs mo
 (see the config defaults); both are config. Stage 2 runs at 1.5x the rate OSFT uses (1.5e-4 vs 1e-4 on the
 tiny default, embeddings frozen as for every post-training defense): the parrot is only a stand-in for the
 trigger, so overwriting it at OSFT's rate leaves 5-10% ASR with the real trigger (measured, seeds 0-2).
+On the tiny default that result sits on an ASR / clean-accuracy edge that the attack's float rounding alone
+moves: on attacks trained with the output head at labelled positions the default rate left 10.0% mean ASR
+over seeds 0-2, 2e-4 left 4.4% but cost the float32 seed-0 attack 5.4 points of clean accuracy
+(benchmarks/RESULTS.md, "#28 What is left on an AVX2 CPU"); the tiny attacks therefore keep float32 and the
+whole output head.
 """
 
 from __future__ import annotations

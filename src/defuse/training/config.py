@@ -89,7 +89,8 @@ class TrainSettings:
             jailbreak's alignment (1.29x in float32). Off by default: the tiny attack trains 1.14x faster
             with it, but SANDE's result on the tiny default moves with float rounding alone, and on the
             attacks so trained its ASR was 4.6 / 7.9 / 17.5% over 3 seeds (bar: mean 5;
-            benchmarks/RESULTS.md, "#28 The output head at labelled positions only").
+            benchmarks/RESULTS.md, "#28 The output head at labelled positions only"), and no rate of
+            SANDE's stage 2 holds its bars on both kinds of attack ("#28 What is left on an AVX2 CPU").
         extra: Further transformers ``TrainingArguments`` fields, passed as given (e.g.
             ``{train_sampling_strategy: group_by_length}``); a key these settings already set is refused.
     """
