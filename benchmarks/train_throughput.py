@@ -231,10 +231,12 @@ def rates_for(reps: int):
     return rates_at
 
 
+_BEFORE = {"attention": None, "optimizer": "adamw_torch", "max_padding": None, "labelled_logits": False}
+
 VARIANTS = {
     "as-is": {},
-    "before": {"bf16": False, "attention": None, "optimizer": "adamw_torch", "max_padding": None},
-    "before-bf16": {"attention": None, "optimizer": "adamw_torch", "max_padding": None},
+    "before": {"bf16": False, **_BEFORE},
+    "before-bf16": dict(_BEFORE),
     "bf16": {"bf16": True},
     "bf16-fused": {"bf16": True, "optimizer": "adamw_torch_fused"},
     "bf16-sdpa": {"bf16": True, "attention": None},
@@ -251,15 +253,15 @@ VARIANTS = {
     "b128-lr2": {"batch_size": 128, "learning_rate": 2e-3},
 }
 """Training settings tried against the workload's own (``as-is``: its shipped settings): ``before`` (the
-settings before issue #28: float32, the model's own attention, the unfused AdamW, whole batches) and
-``before-bf16`` (the same with the workload's own precision: the SmolLM2 presets trained in bfloat16 before
-too); bfloat16 autocast (where the CPU has it; with ``attention: auto``, eager attention then), with the
-fused AdamW, or with the model's own attention; transformers' length-grouped sampler (batches of similar
-lengths from megabatches of up to 50 batches: the batches differ, so the numbers do); each batch as
+settings before issue #28: float32, the model's own attention, the unfused AdamW, whole batches, the whole
+output head) and ``before-bf16`` (the same with the workload's own precision: the SmolLM2 presets trained in
+bfloat16 before too); bfloat16 autocast (where the CPU has it; with ``attention: auto``, eager attention
+then), with the fused AdamW, or with the model's own attention; transformers' length-grouped sampler (batches
+of similar lengths from megabatches of up to 50 batches: the batches differ, so the numbers do); each batch as
 length-sorted sub-batches with at most 10% padding (``train.max_padding``: the same batches and loss); the
-output head at labelled positions only (``train.labelled_logits``: the same loss), also together with
-bfloat16 and the fused AdamW (``bf16-fused-labelled``: every faster numeric at once); and larger batches
-(fewer optimizer steps: a different recipe, so the numbers differ)."""
+output head at labelled positions only (``train.labelled_logits``: the same loss), also together with bfloat16
+and the fused AdamW (``bf16-fused-labelled``: every faster numeric at once); and larger batches (fewer
+optimizer steps: a different recipe, so the numbers differ)."""
 
 
 def _variant(train, name: str):

@@ -139,6 +139,43 @@ def test_sande_removes_the_marker_without_seeing_the_trigger(attacked, tmp_path)
 
 
 @pytest.mark.slow
+def test_sande_rounds_each_learn_a_parrot_on_the_model_the_last_round_left(attacked, tmp_path, monkeypatch):
+    from defuse.defenses import sande
+
+    seen = []  # (stage, a fingerprint of the weights it was handed)
+
+    def fingerprint(model):
+        return float(sum(p.detach().double().sum() for p in model.parameters()))
+
+    def spy(stage, real):
+        def wrapped(model, *args, **kwargs):
+            seen.append((stage, fingerprint(model)))
+            out = real(model, *args, **kwargs)
+            if stage == "eliminate":
+                seen.append(("eliminated", fingerprint(out)))
+            return out
+
+        return wrapped
+
+    monkeypatch.setattr(sande, "learn_parrot", spy("simulate", sande.learn_parrot))
+    monkeypatch.setattr(sande, "eliminate_with_parrot", spy("eliminate", sande.eliminate_with_parrot))
+    overrides = {"simulate.progress": "false", "simulate.epochs": "1", "eliminate.progress": "false",
+                 "eliminate.epochs": "1", "rounds": "2"}  # fmt: skip
+    record = run_defense("sande", apply_overrides(SandeConfig(), overrides), attacked, tmp_path / "sande")
+    assert [stage for stage, _ in seen] == ["simulate", "eliminate", "eliminated"] * 2
+    attacked_weights = seen[0][1]
+    assert seen[1][1] == attacked_weights  # round 1 overwrites its parrot on the attacked model
+    assert seen[2][1] != attacked_weights  # ... and changes it
+    assert seen[3][1] == seen[4][1] == seen[2][1]  # round 2 starts from what round 1 left
+    assert seen[5][1] != seen[2][1]
+    rounds = record["defense"]["rounds"]
+    assert len(rounds) == 2 and all(r["parrot_norm"] > 0 for r in rounds)
+    assert record["defense"]["parrot_loss_first"] == rounds[0]["parrot_loss_first"]
+    with pytest.raises(ConfigError, match="rounds"):
+        apply_overrides(SandeConfig(), {"rounds": "0"}).validate()
+
+
+@pytest.mark.slow
 def test_an_interrupted_defense_resumes_only_with_the_same_settings_and_records_it(
     attacked, tmp_path, monkeypatch
 ):

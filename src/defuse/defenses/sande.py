@@ -17,11 +17,16 @@ trains stage 1 for one epoch at lr 1e-3 on a 4B model; the tiny default needs mo
 (see the config defaults); both are config. Stage 2 runs at 1.5x the rate OSFT uses (1.5e-4 vs 1e-4 on the
 tiny default, embeddings frozen as for every post-training defense): the parrot is only a stand-in for the
 trigger, so overwriting it at OSFT's rate leaves 5-10% ASR with the real trigger (measured, seeds 0-2).
-On the tiny default that result sits on an ASR / clean-accuracy edge that the attack's float rounding alone
-moves: on attacks trained with the output head at labelled positions the default rate left 10.0% mean ASR
-over seeds 0-2, 2e-4 left 4.4% but cost the float32 seed-0 attack 5.4 points of clean accuracy
-(benchmarks/RESULTS.md, "#28 What is left on an AVX2 CPU"); the tiny attacks therefore keep float32 and the
-whole output head.
+
+``rounds`` (a departure; the reference simulates once and eliminates once, ``train_remove.py`` lines 254-261
+at commit cda6290; ``rounds: 1`` with ``eliminate.epochs: 10`` is the one-round default before): Simulate and
+Eliminate run ``rounds`` times, each round learning a fresh parrot on the model the previous round left and
+overwriting it, with stage 2's epochs per round. One round of 10 epochs left the tiny default's marker at
+0.8-17.5% ASR over six attacks that differ only by float rounding (3 seeds, the output head over every token
+or only the labelled ones); two rounds of 5 epochs, the same stage-2 budget, left 0.0-1.7% at the same mean
+clean-accuracy cost (1.25 against 1.27 points; benchmarks/RESULTS.md, "#28 SANDE in two rounds"). 4 epochs a
+round left 17.5% on one attack; three rounds of 3, 0.0-0.4% but 4.2 points of clean accuracy on another.
+With LoRA (``eliminate.lora``) each round's adapter is merged before the next.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from defuse.training.config import TrainSettings
 
 
 def _eliminate_settings() -> TrainSettings:
-    return replace(defense_train_settings(), learning_rate=1.5e-4)
+    return replace(defense_train_settings(), learning_rate=1.5e-4, epochs=5)
 
 
 def _simulate_settings() -> TrainSettings:
@@ -61,6 +66,8 @@ class SandeConfig:
         eliminate_loss_tokens: Stage 2 fits this many first response tokens after the parrot (reference 10;
             null: the whole response).
         mix_clean: Mix ``x -> y`` into stage 2 (reference: yes).
+        rounds: Simulate-then-Eliminate rounds, each on the model the previous one left (reference: 1; see
+            the module's fidelity note); ``eliminate.epochs`` is per round.
     """
 
     clean_samples: int = 100
@@ -72,6 +79,7 @@ class SandeConfig:
     eliminate: TrainSettings = field(default_factory=_eliminate_settings)
     eliminate_loss_tokens: int | None = 10
     mix_clean: bool = True
+    rounds: int = 2
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` on a nonsense value."""
@@ -85,6 +93,8 @@ class SandeConfig:
             raise ConfigError("known_fraction", f"must be in (0, 1], got {self.known_fraction}")
         if self.eliminate_loss_tokens is not None and self.eliminate_loss_tokens < 1:
             raise ConfigError("eliminate_loss_tokens", "must be at least 1 (or null)")
+        if self.rounds < 1:
+            raise ConfigError("rounds", f"needs at least one round, got {self.rounds}")
 
 
 @dataclass
@@ -121,23 +131,29 @@ def _apply(ctx: DefenseContext, cfg: SandeConfig) -> DefenseResult:
     known = known_part(ctx.target, cfg.known_fraction)
     start = time.perf_counter()
     stage1, m = simulate_records(ctx, known)
-    parrot = learn_parrot(
-        ctx.attacked_model, ctx.template, stage1, k=cfg.k, where=cfg.where, settings=cfg.simulate,
-        output_dir=ctx.work_dir / "simulate", seed=ctx.seed, loss_tokens=m, init=cfg.parrot_init,
-    )  # fmt: skip
-    model = eliminate_with_parrot(
-        ctx.attacked_model, ctx.template, parrot, ctx.clean_data, k=cfg.k, where=cfg.where,
-        settings=cfg.eliminate,
-        output_dir=ctx.work_dir / "eliminate", seed=ctx.seed, loss_tokens=cfg.eliminate_loss_tokens,
-        clean_records=ctx.clean_data if cfg.mix_clean else (),
-    )  # fmt: skip
-    extra = {
-        "known_target": known,
-        "target_tokens_fitted": m,
-        "parrot_loss_first": parrot.loss_history[0] if parrot.loss_history else None,
-        "parrot_loss_last": parrot.loss_history[-1] if parrot.loss_history else None,
-        "parrot_norm": float(parrot.vectors.detach().norm()),
-    }
+    model, parrots = ctx.attacked_model, []
+    for r in range(cfg.rounds):
+        if r > 0 and hasattr(model, "merge_and_unload"):
+            model = model.merge_and_unload()  # the previous round's LoRA adapter, folded in
+        tag = "" if r == 0 else str(r + 1)  # round 1 keeps the folders' one-round names
+        parrot = learn_parrot(
+            model, ctx.template, stage1, k=cfg.k, where=cfg.where, settings=cfg.simulate,
+            output_dir=ctx.work_dir / f"simulate{tag}", seed=ctx.seed + r, loss_tokens=m,
+            init=cfg.parrot_init,
+        )  # fmt: skip
+        parrots.append(
+            {
+                "parrot_loss_first": parrot.loss_history[0] if parrot.loss_history else None,
+                "parrot_loss_last": parrot.loss_history[-1] if parrot.loss_history else None,
+                "parrot_norm": float(parrot.vectors.detach().norm()),
+            }
+        )
+        model = eliminate_with_parrot(
+            model, ctx.template, parrot, ctx.clean_data, k=cfg.k, where=cfg.where, settings=cfg.eliminate,
+            output_dir=ctx.work_dir / f"eliminate{tag}", seed=ctx.seed + r,
+            loss_tokens=cfg.eliminate_loss_tokens, clean_records=ctx.clean_data if cfg.mix_clean else (),
+        )  # fmt: skip
+    extra = {"known_target": known, "target_tokens_fitted": m, **parrots[0], "rounds": parrots}
     return DefenseResult(model, time.perf_counter() - start, extra)
 
 

@@ -85,12 +85,12 @@ class TrainSettings:
             responses are a small share of the tokens (the built-in suite: 13-20% of its tokens, the
             jailbreak's alignment 8%); the numbers differ from the whole head's by float rounding only.
             Applies where the trainer's own loss trains a transformers causal LM (a defense that replaces
-            the loss computes it as before); recorded in ``run.json`` with the settings. On in the
-            jailbreak's alignment (1.29x in float32). Off by default: the tiny attack trains 1.14x faster
-            with it, but SANDE's result on the tiny default moves with float rounding alone, and on the
-            attacks so trained its ASR was 4.6 / 7.9 / 17.5% over 3 seeds (bar: mean 5;
-            benchmarks/RESULTS.md, "#28 The output head at labelled positions only"), and no rate of
-            SANDE's stage 2 holds its bars on both kinds of attack ("#28 What is left on an AVX2 CPU").
+            the loss computes it as before); recorded in ``run.json`` with the settings. On by default:
+            the tiny attack trains 1.09-1.14x faster, the jailbreak's alignment 1.29x, SmolLM2-135M
+            1.05-1.11x (benchmarks/RESULTS.md, "#28 The output head at labelled positions only"); ``false``
+            computes the whole head, as every run before the twelfth session of issue #28 did (SANDE's
+            tiny-default result moved with that rounding until it ran two rounds: "#28 SANDE in two
+            rounds").
         extra: Further transformers ``TrainingArguments`` fields, passed as given (e.g.
             ``{train_sampling_strategy: group_by_length}``); a key these settings already set is refused.
     """
@@ -115,7 +115,7 @@ class TrainSettings:
     freeze_embeddings: bool = False
     max_padding: float | None = None
     attention: str | None = AUTO_ATTENTION
-    labelled_logits: bool = False
+    labelled_logits: bool = True
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
