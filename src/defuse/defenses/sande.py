@@ -24,7 +24,7 @@ Eliminate run ``rounds`` times, each round learning a fresh parrot on the model 
 overwriting it, with stage 2's epochs per round. One round of 10 epochs left the tiny default's marker at
 0.8-17.5% ASR over six attacks that differ only by float rounding (3 seeds, the output head over every token
 or only the labelled ones); two rounds of 5 epochs, the same stage-2 budget, left 0.0-1.7% at the same mean
-clean-accuracy cost (1.25 against 1.27 points; benchmarks/RESULTS.md, "#28 SANDE in two rounds"). 4 epochs a
+clean-accuracy cost (1.25 points; benchmarks/RESULTS.md, "#28 SANDE in two rounds"). 4 epochs a
 round left 17.5% on one attack; three rounds of 3, 0.0-0.4% but 4.2 points of clean accuracy on another.
 With LoRA (``eliminate.lora``) each round's adapter is merged before the next.
 """
