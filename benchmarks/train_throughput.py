@@ -244,6 +244,8 @@ VARIANTS = {
     "unfused": {"optimizer": "adamw_torch"},
     "grouped": {"extra": {"train_sampling_strategy": "group_by_length"}},
     "chunked": {"max_padding": 0.1},
+    "chunked-0.2": {"max_padding": 0.2},
+    "chunked-0.3": {"max_padding": 0.3},
     "labelled": {"labelled_logits": True},
     "bf16-fused-labelled": {"bf16": True, "optimizer": "adamw_torch_fused", "labelled_logits": True},
     "all-logits": {"labelled_logits": False},
