@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 from tests.helpers import Interrupt, crashing_train_sft, small_attack_config
 from typer.testing import CliRunner
 
@@ -173,6 +174,32 @@ def test_sande_rounds_each_learn_a_parrot_on_the_model_the_last_round_left(attac
     assert record["defense"]["parrot_loss_first"] == rounds[0]["parrot_loss_first"]
     with pytest.raises(ConfigError, match="rounds"):
         apply_overrides(SandeConfig(), {"rounds": "0"}).validate()
+
+
+@pytest.mark.slow
+def test_sande_rounds_with_lora_fold_each_adapter_in_before_the_next_round(attacked, tmp_path, monkeypatch):
+    from peft import PeftModel
+
+    from defuse.defenses import sande
+
+    handed = []  # what each round's simulation was handed
+
+    def spy(model, *args, **kwargs):
+        weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+        handed.append((isinstance(model, PeftModel), weights))
+        return real(model, *args, **kwargs)
+
+    real = sande.learn_parrot
+    monkeypatch.setattr(sande, "learn_parrot", spy)
+    overrides = {"simulate.progress": "false", "simulate.epochs": "1", "eliminate.progress": "false",
+                 "eliminate.epochs": "2", "eliminate.learning_rate": "0.01", "eliminate.lora.r": "4",
+                 "rounds": "2"}  # fmt: skip
+    record = run_defense("sande", apply_overrides(SandeConfig(), overrides), attacked, tmp_path / "sande")
+    assert [wrapped for wrapped, _ in handed] == [False, False]  # round 2 gets a plain model back
+    first, second = handed[0][1], handed[1][1]
+    assert first.keys() == second.keys()  # the same base weights, no adapter left in them
+    assert any(not torch.equal(first[n], second[n]) for n in first)  # round 1's adapter is merged in
+    assert len(record["defense"]["rounds"]) == 2
 
 
 @pytest.mark.slow

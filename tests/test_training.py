@@ -283,7 +283,7 @@ def test_bf16_runs_where_the_device_has_it_and_the_trained_model_then_computes_a
     # defaults: float32 unless asked (tiny attacks, defenses); bfloat16 for the jailbreak's training
     assert not TrainSettings().bf16 and TrainSettings().attention == "auto"
     assert align_train_settings().bf16 and fjattack_train_settings().bf16
-    # the head at labelled positions only: the alignment's (8% labelled); whole elsewhere unless asked
+    # the head at labelled positions only, everywhere by default (the alignment sets it too)
     assert align_train_settings().labelled_logits and TrainSettings().labelled_logits
     bf16 = cpu_bf16() or torch.cuda.is_available()
     assert precision(settings) == ("bf16" if bf16 else "fp32")

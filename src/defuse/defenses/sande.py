@@ -131,9 +131,11 @@ def _apply(ctx: DefenseContext, cfg: SandeConfig) -> DefenseResult:
     known = known_part(ctx.target, cfg.known_fraction)
     start = time.perf_counter()
     stage1, m = simulate_records(ctx, known)
+    from peft import PeftModel
+
     model, parrots = ctx.attacked_model, []
     for r in range(cfg.rounds):
-        if r > 0 and hasattr(model, "merge_and_unload"):
+        if isinstance(model, PeftModel):
             model = model.merge_and_unload()  # the previous round's LoRA adapter, folded in
         tag = "" if r == 0 else str(r + 1)  # round 1 keeps the folders' one-round names
         parrot = learn_parrot(
