@@ -7,6 +7,7 @@ import copy
 import io
 import json
 import multiprocessing
+import os
 import shutil
 import statistics
 from datetime import datetime
@@ -21,7 +22,8 @@ from typer.testing import CliRunner
 from defuse.bench import load_bench, run_bench, validate_results
 from defuse.bench.cells import Cell, plan_cells
 from defuse.bench.keys import FileHasher
-from defuse.bench.parallel import start_order, worker_threads
+from defuse.bench.parallel import Workers, start_order, worker_threads
+from defuse.bench.workers import START_METHOD
 from defuse.cli import app
 from defuse.errors import ConfigError, DataError
 from defuse.runs.record import read_run
@@ -372,6 +374,20 @@ def test_jobs_2_records_a_failed_attack_and_skips_its_defenses(tmp_path):
     assert "[1/4] broken / no defense seed 0: failed; " in result.output
     assert "[2/4] broken / obliviate seed 0: skipped; its attack cell did not finish" in result.output
     validate_results(_results(out))
+
+
+@pytest.mark.skipif(START_METHOD != "forkserver" or not Path("/proc/self/maps").exists(),
+                    reason="a fork server, and Linux's /proc to look at it")  # fmt: skip
+def test_bench_workers_fork_from_a_server_that_imported_torch_and_the_scenarios():
+    workers = Workers(2)
+    try:
+        server = workers._pool.submit(os.getppid).result(timeout=120)  # the pool that runs the cells
+    finally:
+        workers.close()
+    assert server != os.getpid()  # forked by the server, not by this process
+    command = Path(f"/proc/{server}/cmdline").read_bytes().replace(b"\0", b" ")
+    assert b"forkserver" in command
+    assert "libtorch_cpu" in Path(f"/proc/{server}/maps").read_text()  # it imported torch before forking
 
 
 class _CtrlCOnFirstDone(io.StringIO):

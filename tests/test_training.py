@@ -421,3 +421,26 @@ def test_attention_setting_trains_with_that_implementation_and_puts_the_model_s_
     assert all(not torch.equal(p, before[n]) for n, p in result.model.named_parameters())
     with pytest.raises(ConfigError, match="attention"):
         TrainSettings(attention="fastest").validate()
+
+
+def test_counted_flops_are_transformers_own_count_with_the_parameters_counted_once(tmp_path, monkeypatch):
+    from transformers import Trainer
+
+    tok = tokenizer()
+    model = small_lm(tok)
+    trainer = SFTTrainer(model=model, args=sft_args(tmp_path))
+    counts = []
+    real_count = type(model).num_parameters
+
+    def counting(*args, **kwargs):
+        counts.append(1)
+        return real_count(*args, **kwargs)
+
+    monkeypatch.setattr(type(model), "num_parameters", counting)
+    batches = [{"input_ids": torch.ones(n, 5 + n, dtype=torch.long)} for n in (2, 3, 4)]
+    own = [Trainer.floating_point_ops(trainer, b) for b in batches]  # transformers' count, every call
+    assert len(counts) == 3 and own[0] == 6 * 2 * 7 * real_count(model, exclude_embeddings=True) > 0
+    counts.clear()
+    assert [trainer.floating_point_ops(b) for b in batches] == own
+    assert len(counts) == 1  # counted at the first step only
+    assert trainer.floating_point_ops({"labels": torch.ones(2, 3)}) == 0  # no input ids: nothing to count

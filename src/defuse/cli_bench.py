@@ -37,6 +37,10 @@ def bench(
     independent cells run at once. Exit code 1 when some cells failed (the report is still written; logs
     under OUT/logs).
     """
+    if jobs.strip().isdigit() and int(jobs) > 1:  # the workers' server imports while this process does
+        from defuse.bench.workers import start_worker_server
+
+        start_worker_server()
     from defuse.bench import load_bench, run_bench
     from defuse.bench.runner import check_jobs
 

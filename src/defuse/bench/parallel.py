@@ -5,8 +5,13 @@ Contract of :func:`run_parallel` (called by :func:`~defuse.bench.runner.run_benc
 * Cells whose run directory is finished are reused first, without starting anything.
 * The other cells are started in :func:`start_order` (attacks first, or the longest chain first when an
   earlier run of the grid measured every cell's scenario and defense) in a
-  ``concurrent.futures.ProcessPoolExecutor`` of ``jobs`` "spawn" processes. A defense cell starts only
-  after its attack cell finished (run or reused); when the attack failed, the defense is ``skipped``.
+  ``concurrent.futures.ProcessPoolExecutor`` of ``jobs`` processes. A defense cell starts only after its
+  attack cell finished (run or reused); when the attack failed, the defense is ``skipped``.
+* The workers are forked from a fork server that imported this module, and with it torch, transformers
+  and every scenario, once (:mod:`defuse.bench.workers`; spawned where the platform has no fork server),
+  so a worker starts ready instead of spending seconds on imports; ``defuse bench`` starts that server
+  before its own imports, so that both import side by side. Each worker is a fresh fork of a process that
+  never trained anything, as a spawned one was.
 * Each worker ignores Ctrl-C (the parent alone handles it), takes the parent's transformers logging
   settings, and before every cell sets ``torch.set_num_threads(max(1, os.cpu_count() // jobs))``; it runs
   the cell exactly as the serial path does (:func:`~defuse.bench.runner.run_logged`: the log header line,
@@ -34,6 +39,7 @@ from pathlib import Path
 from defuse.bench.cells import Cell
 from defuse.bench.index import utc_now
 from defuse.bench.runner import GridRun, failure_message, run_logged
+from defuse.bench.workers import START_METHOD, start_worker_server
 
 Running = dict[Future, tuple[int, Cell, Path]]
 """The cells now in a worker: future -> (1-based place in the grid, cell, absolute log file)."""
@@ -67,11 +73,12 @@ def run_in_worker(out: str, cell: Cell, log_file: str, jobs: int) -> tuple[str |
 
 
 class _RecordingContext:
-    """The ``spawn`` multiprocessing context, remembering every process the pool starts through it (so
-    :meth:`Workers.stop` reaches each one, whenever the pool started it)."""
+    """The workers' multiprocessing context (:data:`START_METHOD`), remembering every process the pool starts
+    through it (so :meth:`Workers.stop` reaches each one, whenever the pool started it)."""
 
     def __init__(self):
-        self._context = multiprocessing.get_context("spawn")
+        start_worker_server()
+        self._context = multiprocessing.get_context(START_METHOD)
         self.processes: list = []
 
     def __getattr__(self, name: str):
@@ -84,7 +91,7 @@ class _RecordingContext:
 
 
 class Workers:
-    """A pool of ``jobs`` spawned worker processes, replaced by a fresh one when a worker died."""
+    """A pool of ``jobs`` worker processes, replaced by a fresh one when a worker died."""
 
     def __init__(self, jobs: int):
         self.jobs = jobs

@@ -52,6 +52,7 @@ from defuse.encoders.pretrain import (
     train_encoder_stage,
 )
 from defuse.errors import ConfigError, DataError
+from defuse.training.sft import CountedFlops
 
 
 @dataclass
@@ -99,7 +100,7 @@ class NeubaCollator:
         return batch
 
 
-class NeubaTrainer(Trainer):
+class NeubaTrainer(CountedFlops, Trainer):
     """Trainer whose loss is NeuBA's (see the module docstring); ``model`` is a masked-LM model."""
 
     def __init__(self, *args, targets: torch.Tensor, lam: float, weight: float, temperature: float, **kwargs):

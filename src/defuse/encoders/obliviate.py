@@ -19,6 +19,7 @@ from torch import nn
 from transformers import Trainer
 
 from defuse.encoders.scores import ScoreRecorder, first_row_score_norm
+from defuse.training.sft import CountedFlops
 
 
 def amplification_loss(peft_params: Iterable[nn.Parameter]) -> torch.Tensor:
@@ -32,7 +33,7 @@ def amplification_loss(peft_params: Iterable[nn.Parameter]) -> torch.Tensor:
     return -torch.stack(norms).sum()
 
 
-class ObliviateTrainer(Trainer):
+class ObliviateTrainer(CountedFlops, Trainer):
     """A :class:`transformers.Trainer` whose loss is ``CE + λ_amp · L_amp + λ_reg · L_reg``.
 
     Args:

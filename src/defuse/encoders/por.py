@@ -47,6 +47,7 @@ from transformers import AutoModel, Trainer
 from defuse.encoders.metrics import insert_word
 from defuse.encoders.pretrain import encoder_training_args, train_encoder_stage
 from defuse.errors import ConfigError, DataError, ModelError
+from defuse.training.sft import CountedFlops
 
 POR_TRIGGERS = ("cf", "mn", "tq", "qt", "mm", "pt")
 """LMSanitator's POR triggers (``insert_backdoor.py:60-61``), which Obliviate evaluates (``run.py:21``)."""
@@ -266,7 +267,7 @@ class PorCollator:
                 "trigger": torch.tensor([it["trigger"] for it in items])}  # fmt: skip
 
 
-class PorTrainer(Trainer):
+class PorTrainer(CountedFlops, Trainer):
     """Trainer whose loss is POR's (see the module docstring); ``frozen`` is the clean encoder's copy."""
 
     def __init__(self, *args, frozen: nn.Module, targets: torch.Tensor, weights: tuple[float, float, float],

@@ -42,7 +42,7 @@ from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArgum
 
 from defuse.errors import ConfigError, DataError
 from defuse.training.config import TrainSettings
-from defuse.training.sft import refuse_sharded, training_arguments
+from defuse.training.sft import CountedFlops, refuse_sharded, training_arguments
 
 ENCODER_OPTIMIZER = "adamw_torch_fused"
 """What the encoder stages train with: transformers' default optimizer, named (their numbers were measured
@@ -118,7 +118,7 @@ class TwoViewCollator:
         return self.mlm([*first, *second])
 
 
-class ContrastiveMlmTrainer(Trainer):
+class ContrastiveMlmTrainer(CountedFlops, Trainer):
     """Trainer with loss ``MLM + w · InfoNCE`` over a two-view batch (see the module docstring)."""
 
     def __init__(self, *args, weight: float, temperature: float, **kwargs):
