@@ -58,6 +58,7 @@ from defuse.data.template import PromptTemplate
 from defuse.evaluation.backdoor import evaluate_backdoor
 from defuse.evaluation.generate import GenerationSettings, generate_token_ids
 from defuse.models.factory import prepare_causal_lm
+from defuse.training.memory import keep_freed_memory
 from defuse.training.precision import cpu_bf16, precision
 from defuse.training.sft import length_chunks, train_sft
 
@@ -179,8 +180,20 @@ def model_flops(
     return (per_token - head) * sum(lengths) + head * head_tokens + attention
 
 
+MALLOC = "glibc default"
+"""How this process's allocator keeps freed memory: ``glibc default`` until a variant other than ``before``
+trains, ``kept`` after (see :func:`measure_training`)."""
+
+
 def measure_training(name, model, template, records, settings, seed, rates_at) -> tuple[dict, nn.Module]:
-    """Train with ``train_sft`` under a :class:`Meter`; return the workload's row and the trained model."""
+    """Train with ``train_sft`` under a :class:`Meter`; return the workload's row and the trained model.
+
+    A ``before`` variant trains with glibc's allocator as it was before #28; any other first sets it as
+    every ``defuse`` command does (:func:`~defuse.training.memory.keep_freed_memory`), for the rest of the
+    process: list the ``before`` variants first (the defaults do). The row says which (``malloc``)."""
+    global MALLOC
+    if not name.split()[-1].startswith("before") and MALLOC == "glibc default" and keep_freed_memory():
+        MALLOC = "kept"
     meter = Meter(settings.max_padding)
     with tempfile.TemporaryDirectory() as work:
         start = time.perf_counter()
@@ -217,6 +230,7 @@ def measure_training(name, model, template, records, settings, seed, rates_at) -
         "batch_tokens": batch_tokens,
         "params_linear": sum(k * n for k, n, _ in shapes),
         "final_loss": result.final_loss,
+        "malloc": MALLOC,
     }
     return row, trained
 
@@ -460,8 +474,8 @@ WORKLOADS = {
 def table(rows: list[dict]) -> str:
     lines = [
         "| workload | precision | steps | train s | tokens/s | model GFLOP/s | matmul GFLOP/s (fp32 / bf16) "
-        "| achieved / matmul | padding | optimizer | collation | ASR / CACC / FTR % |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| achieved / matmul | padding | optimizer | collation | ASR / CACC / FTR % | malloc |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     gen = []
     for r in rows:
@@ -473,7 +487,8 @@ def table(rows: list[dict]) -> str:
             lines.append(
                 f"| {r['workload']} | {r['precision']} | {r['steps']} | {r['train_s']:.1f} "
                 f"| {r['tokens_per_s']:.0f} | {r['model_flops_per_s'] / 1e9:.2f} | {rates} "
-                f"| {100 * r['ratio']:.1f}% | - | - | - | held-out loss {r['heldout_loss']} |"
+                f"| {100 * r['ratio']:.1f}% | - | - | - | held-out loss {r['heldout_loss']} "
+                f"| {r.get('malloc', '-')} |"
             )
             continue
         q = r.get("quality")
@@ -486,7 +501,7 @@ def table(rows: list[dict]) -> str:
             f"| {r['tokens_per_s']:.0f} "
             f"| {r['model_flops_per_s'] / 1e9:.2f} | {rates} | {100 * r['ratio']:.1f}% "
             f"| {100 * r['padding_share']:.1f}% | {100 * r['optimizer_share']:.1f}% "
-            f"| {100 * r['collate_share']:.1f}% | {quality} |"
+            f"| {100 * r['collate_share']:.1f}% | {quality} | {r['malloc']} |"
         )
     for r in gen:
         lines.append(

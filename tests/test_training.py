@@ -1,3 +1,8 @@
+import os
+import platform
+import subprocess
+import sys
+
 import pytest
 import torch
 from tests.helpers import small_lm, tokenizer
@@ -7,6 +12,7 @@ from defuse.data.template import PromptTemplate
 from defuse.errors import ConfigError
 from defuse.evaluation.generate import GenerationSettings, generate, generate_token_ids
 from defuse.training.config import LoraSettings, TrainSettings
+from defuse.training.memory import USER_SETTINGS
 from defuse.training.sft import SFTTrainer, length_chunks, train_sft
 
 RECORDS = [
@@ -444,3 +450,39 @@ def test_counted_flops_are_transformers_own_count_with_the_parameters_counted_on
     assert [trainer.floating_point_ops(b) for b in batches] == own
     assert len(counts) == 1  # counted at the first step only
     assert trainer.floating_point_ops({"labels": torch.ones(2, 3)}) == 0  # no input ids: nothing to count
+
+
+KEPT_PROBE = """
+import ctypes, sys
+from defuse.training.memory import keep_freed_memory
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc.mallinfo2.restype = Info
+kept = keep_freed_memory() if sys.argv[1] == "keep" else None
+block = libc.malloc(8 << 20)
+mmapped = libc.mallinfo2().hblkhd
+libc.free(block)
+print(kept, mmapped >= 8 << 20, libc.mallinfo2().fordblks >= 8 << 20)
+"""
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc's allocator"
+)
+def test_keep_freed_memory_serves_blocks_from_the_heap_and_keeps_them_there_once_freed():
+    def probe(mode, **env):
+        environment = {k: v for k, v in os.environ.items() if k not in USER_SETTINGS} | env
+        done = subprocess.run([sys.executable, "-c", KEPT_PROBE, mode], capture_output=True, text=True,
+                              env=environment, check=True)  # fmt: skip
+        return done.stdout.split()
+
+    # glibc's default: an 8 MiB block is mmapped, and given back to the kernel at free
+    assert probe("default") == ["None", "True", "False"]
+    # kept: it comes from the heap (nothing mmapped) and stays there, free, for the next step
+    assert probe("keep") == ["True", "False", "True"]
+    # the user's own malloc tunables win
+    assert probe("keep", MALLOC_TRIM_THRESHOLD_="131072") == ["False", "True", "False"]

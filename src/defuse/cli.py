@@ -326,9 +326,12 @@ app.add_typer(model_app, name="model")
 
 def main() -> None:
     """Console-script entry point; under a multi-process launcher a successful command leaves the process
-    group in step with the other processes (:func:`defuse.runs.distributed.shutdown`)."""
+    group in step with the other processes (:func:`defuse.runs.distributed.shutdown`). Freed memory stays
+    with the process for the next training step (:func:`defuse.training.memory.keep_freed_memory`)."""
     from defuse.runs.distributed import shutdown
+    from defuse.training.memory import keep_freed_memory
 
+    keep_freed_memory()
     try:
         app()
     except SystemExit as exc:

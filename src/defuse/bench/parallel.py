@@ -13,10 +13,11 @@ Contract of :func:`run_parallel` (called by :func:`~defuse.bench.runner.run_benc
   before its own imports, so that both import side by side. Each worker is a fresh fork of a process that
   never trained anything, as a spawned one was.
 * Each worker ignores Ctrl-C (the parent alone handles it), takes the parent's transformers logging
-  settings, and before every cell sets ``torch.set_num_threads(max(1, os.cpu_count() // jobs))``; it runs
-  the cell exactly as the serial path does (:func:`~defuse.bench.runner.run_logged`: the log header line,
-  stdout and stderr into the cell's log, a failure's traceback into the log) and sends back the failure's
-  one-line message (or None) and the wall time. Only the parent writes ``cells.json`` and the display.
+  settings, keeps freed memory as the command line does, and before every cell sets
+  ``torch.set_num_threads(max(1, os.cpu_count() // jobs))``; it runs the cell exactly as the serial path
+  does (:func:`~defuse.bench.runner.run_logged`: the log header line, stdout and stderr into the cell's
+  log, a failure's traceback into the log) and sends back the failure's one-line message (or None) and the
+  wall time. Only the parent writes ``cells.json`` and the display.
 * A worker that dies (killed, out of memory) breaks the pool, which stops its other workers too: every cell
   running then is ``failed`` (a line in its log says why; the next bench reruns it), and a fresh pool runs
   the cells still to come.
@@ -51,10 +52,15 @@ def worker_threads(jobs: int) -> int:
 
 
 def _init_worker(hf_verbosity: int, hf_progress_bars: bool) -> None:
-    """Set up a fresh worker process: Ctrl-C is the parent's business; the parent's library logging."""
+    """Set up a fresh worker process: Ctrl-C is the parent's business; the parent's library logging; freed
+    memory kept for the next training step, as the command line keeps it
+    (:func:`~defuse.training.memory.keep_freed_memory`)."""
     from transformers.utils import logging as hf_logging
 
+    from defuse.training.memory import keep_freed_memory
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    keep_freed_memory()
     hf_logging.set_verbosity(hf_verbosity)
     if hf_progress_bars:
         hf_logging.enable_progress_bar()
