@@ -7,7 +7,8 @@ more than twice that threshold is free there, so the next step faults every page
 zero-filled by the kernel. :func:`keep_freed_memory` raises the mmap threshold to glibc's ceiling (32 MiB on
 64-bit) and the trim threshold to 1 GiB, so buffers up to 32 MiB come from the heap and stay there once
 freed: on the tiny default's attack SFT (1,808 steps, one thread, AMD EPYC Zen 3) half the page faults and
-4-5% less training time, the same weights bit for bit (benchmarks/RESULTS.md, "#28 Freed memory kept").
+6-7% less training time, SmolLM2-135M's full fine-tune 5.5%, the same weights bit for bit
+(benchmarks/RESULTS.md, "#28 Freed memory kept").
 Blocks over 32 MiB are mmapped as before. The cost: up to 1 GiB of freed heap stays with the process
 instead of going back to the system, which a training process reuses at its next step.
 
